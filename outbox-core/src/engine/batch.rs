@@ -1,0 +1,213 @@
+//! One claimed batch: publish it, then complete, retry or dead-letter each message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use tracing::Instrument;
+
+use crate::bus::{Bus, PublishOutcome};
+use crate::config::RetryPolicy;
+use crate::error::Result;
+use crate::message::{MessageId, OutboxMessage};
+use crate::metrics as m;
+use crate::store::{Disposition, Failure, Lease, OutboxStore};
+
+/// Which engine ran a batch (a metrics label and a span field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    Listener,
+    Fallback,
+}
+
+impl Engine {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Listener => "listener",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+/// Running totals for one relay, readable while it runs (see [`RelayHandle::stats`](crate::RelayHandle::stats)).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    published: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    lost_claims: AtomicU64,
+    batches: AtomicU64,
+    errors: AtomicU64,
+}
+
+macro_rules! getters {
+    ($($(#[$doc:meta])* $name:ident),*) => {
+        impl RelayStats {
+            $($(#[$doc])* pub fn $name(&self) -> u64 { self.$name.load(Ordering::Relaxed) })*
+        }
+    };
+}
+
+getters!(
+    /// Messages the broker acknowledged (duplicates included).
+    published,
+    /// Acknowledgements the broker flagged as duplicates.
+    duplicates,
+    /// Failures scheduled for retry.
+    retried,
+    /// Messages dead-lettered.
+    dead_lettered,
+    /// Published messages whose claim had expired before completion (likely duplicates).
+    lost_claims,
+    /// Batches processed.
+    batches,
+    /// Store or notifier errors.
+    errors
+);
+
+impl RelayStats {
+    pub(crate) fn error(&self, op: &'static str, err: &crate::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::ERRORS, "op" => op).increment(1);
+        tracing::warn!(op, error = %err, temporary = err.is_temporary(), "outbox relay error");
+    }
+}
+
+/// What the engines share: the store, the bus and the rules for failures.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    pub(crate) store: Arc<dyn OutboxStore>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) claim_ttl: Duration,
+    pub(crate) stats: Arc<RelayStats>,
+}
+
+impl Pipeline {
+    pub(crate) fn lease(&self) -> Lease {
+        Lease::new(self.claim_ttl)
+    }
+
+    /// Publishes a claimed batch and settles every message in it. Store errors while
+    /// settling are retried briefly; if they persist, the claim simply expires and the
+    /// messages are swept again (at-least-once).
+    pub(crate) async fn process(&self, engine: Engine, batch: Vec<OutboxMessage>, lease: &Lease) {
+        if batch.is_empty() {
+            return;
+        }
+        let span = tracing::info_span!(
+            "outbox.batch",
+            engine = engine.as_str(),
+            size = batch.len(),
+            published = tracing::field::Empty,
+            retried = tracing::field::Empty,
+            dead = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        self.process_inner(engine, batch, lease).instrument(span).await
+    }
+
+    async fn process_inner(&self, engine: Engine, batch: Vec<OutboxMessage>, lease: &Lease) {
+        let started = Instant::now();
+        let label = engine.as_str();
+        let mut outcomes = self.bus.publish(&batch).await;
+        if outcomes.len() != batch.len() {
+            tracing::error!(
+                expected = batch.len(),
+                got = outcomes.len(),
+                "bus returned the wrong number of outcomes; retrying the whole batch"
+            );
+            outcomes = vec![PublishOutcome::Retryable("bus returned no outcome".into()); batch.len()];
+        }
+
+        let mut delivered: Vec<MessageId> = Vec::with_capacity(batch.len());
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut duplicates = 0u64;
+        let (mut retried, mut dead) = (0u64, 0u64);
+        for (msg, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                PublishOutcome::Published => delivered.push(msg.id),
+                PublishOutcome::Duplicate => {
+                    duplicates += 1;
+                    delivered.push(msg.id);
+                }
+                PublishOutcome::Retryable(error) => {
+                    let attempt = msg.attempts + 1;
+                    let disposition = if attempt >= self.retry.max_attempts {
+                        dead += 1;
+                        Disposition::DeadLetter
+                    } else {
+                        retried += 1;
+                        Disposition::RetryAfter(self.retry.delay_for(attempt))
+                    };
+                    tracing::debug!(id = %msg.id, attempt, %error, "publish failed");
+                    failures.push(Failure { id: msg.id, error, disposition });
+                }
+                PublishOutcome::Permanent(error) => {
+                    dead += 1;
+                    tracing::warn!(id = %msg.id, topic = %msg.topic, %error, "permanent publish failure; dead-lettering");
+                    failures.push(Failure { id: msg.id, error, disposition: Disposition::DeadLetter });
+                }
+            }
+        }
+
+        if !delivered.is_empty() {
+            match settle(|| self.store.complete(&delivered, lease)).await {
+                Ok(held) => {
+                    let lost = (delivered.len() as u64).saturating_sub(held);
+                    if lost > 0 {
+                        self.stats.lost_claims.fetch_add(lost, Ordering::Relaxed);
+                        metrics::counter!(m::LOST_CLAIMS).increment(lost);
+                    }
+                }
+                Err(e) => self.stats.error("complete", &e),
+            }
+        }
+        if !failures.is_empty() {
+            if let Err(e) = settle(|| self.store.fail(&failures, lease)).await {
+                self.stats.error("fail", &e);
+            }
+        }
+
+        let published = delivered.len() as u64;
+        let s = &self.stats;
+        s.published.fetch_add(published, Ordering::Relaxed);
+        s.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        s.retried.fetch_add(retried, Ordering::Relaxed);
+        s.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::PUBLISHED, "engine" => label).increment(published);
+        metrics::counter!(m::DUPLICATES, "engine" => label).increment(duplicates);
+        metrics::counter!(m::RETRIED, "engine" => label).increment(retried);
+        metrics::counter!(m::DEAD_LETTERED, "engine" => label).increment(dead);
+        metrics::histogram!(m::BATCH_SIZE, "engine" => label).record(batch.len() as f64);
+        let elapsed = started.elapsed();
+        metrics::histogram!(m::BATCH_SECONDS, "engine" => label).record(elapsed.as_secs_f64());
+        let span = tracing::Span::current();
+        span.record("published", published);
+        span.record("retried", retried);
+        span.record("dead", dead);
+        span.record("duration_ms", elapsed.as_millis() as u64);
+    }
+}
+
+/// Retries a settling store call a few times on temporary errors: a brief database blip
+/// should not turn a published batch into duplicates.
+async fn settle<T, F, Fut>(op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(4)
+            .with_jitter(),
+    )
+    .sleep(tokio::time::sleep)
+    .when(|e: &crate::Error| e.is_temporary())
+    .await
+}

@@ -1,0 +1,187 @@
+//! The listener: reads notices, coalesces them into batches and publishes at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{Engine, Pipeline};
+use crate::config::ListenerConfig;
+use crate::message::MessageId;
+use crate::notify::{Notice, NoticeStream, Notifier};
+
+enum Job {
+    Ids(Vec<MessageId>),
+    Due,
+}
+
+/// Work gathered from one or more notices.
+#[derive(Debug, Default)]
+struct Pending {
+    ids: Vec<MessageId>,
+    wake: bool,
+}
+
+impl Pending {
+    fn add(&mut self, notice: Notice) {
+        match notice {
+            Notice::Committed(ids) => self.ids.extend(ids),
+            Notice::Wake => self.wake = true,
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty() && !self.wake
+    }
+}
+
+pub(crate) async fn run(
+    pipeline: Arc<Pipeline>,
+    notifier: Arc<dyn Notifier>,
+    config: ListenerConfig,
+    cancel: CancellationToken,
+) {
+    let mut tasks = JoinSet::new();
+    let mut reconnect_delay = Duration::from_millis(100);
+    // Each (re)subscription starts with a catch-up: notices sent while unsubscribed are lost.
+    let mut catch_up = true;
+    'subscribe: while !cancel.is_cancelled() {
+        let mut notices: NoticeStream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            sub = notifier.subscribe() => match sub {
+                Ok(s) => s,
+                Err(e) => {
+                    pipeline.stats.error("subscribe", &e);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(reconnect_delay) => {}
+                    }
+                    reconnect_delay = (reconnect_delay * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            },
+        };
+        reconnect_delay = Duration::from_millis(100);
+        loop {
+            let mut pending = Pending { wake: std::mem::take(&mut catch_up), ..Pending::default() };
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break 'subscribe,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                    next = notices.next() => match next {
+                        Some(Ok(n)) => pending.add(n),
+                        Some(Err(e)) => {
+                            pipeline.stats.error("notifier", &e);
+                            catch_up = true;
+                            continue 'subscribe;
+                        }
+                        None => {
+                            catch_up = true;
+                            continue 'subscribe;
+                        }
+                    },
+                }
+            }
+            // Linger: let a burst of commits share one claim and one publish.
+            if !config.linger.is_zero() && pending.ids.len() < config.max_batch {
+                let deadline = tokio::time::Instant::now() + config.linger;
+                while pending.ids.len() < config.max_batch {
+                    match tokio::time::timeout_at(deadline, notices.next()).await {
+                        Ok(Some(Ok(n))) => pending.add(n),
+                        Ok(Some(Err(_)) | None) => {
+                            catch_up = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            } else {
+                // Take what is already queued without waiting.
+                while pending.ids.len() < config.max_batch {
+                    match notices.next().now_or_never_ok() {
+                        Some(n) => pending.add(n),
+                        None => break,
+                    }
+                }
+            }
+            let Pending { ids, wake } = pending;
+            let mut jobs: Vec<Job> = ids.chunks(config.max_batch).map(|c| Job::Ids(c.to_vec())).collect();
+            if wake {
+                jobs.push(Job::Due);
+            }
+            for job in jobs {
+                // Bound batches in flight; meanwhile notices queue in the channel (and are
+                // dropped and counted when it is full, which the fallback makes harmless).
+                while tasks.len() >= config.concurrency {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break 'subscribe,
+                        _ = tasks.join_next() => {}
+                    }
+                }
+                let (p, c, max) = (pipeline.clone(), cancel.clone(), config.max_batch);
+                tasks.spawn(async move {
+                    match job {
+                        Job::Ids(ids) => claim_ids_until_done(&p, ids, &c).await,
+                        Job::Due => drain_due(&p, max, &c).await,
+                    }
+                });
+            }
+            if catch_up {
+                continue 'subscribe;
+            }
+        }
+    }
+    // In-flight batches finish; they check `cancel` before claiming more.
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Claims the notified ids; keeps going while it makes progress, because completing a
+/// message can make its same-key successor (often in the same notice) claimable.
+async fn claim_ids_until_done(pipeline: &Pipeline, mut ids: Vec<MessageId>, cancel: &CancellationToken) {
+    while !ids.is_empty() && !cancel.is_cancelled() {
+        let lease = pipeline.lease();
+        let claimed = match pipeline.store.claim_ids(&ids, &lease).await {
+            Ok(c) => c,
+            Err(e) => {
+                // The fallback will sweep them; the listener only shortens latency.
+                pipeline.stats.error("claim_ids", &e);
+                return;
+            }
+        };
+        if claimed.is_empty() {
+            return;
+        }
+        let done: HashSet<MessageId> = claimed.iter().map(|m| m.id).collect();
+        pipeline.process(Engine::Listener, claimed, &lease).await;
+        ids.retain(|id| !done.contains(id));
+    }
+}
+
+/// Claims whatever is due (no minimum age) until nothing is left: the response to a
+/// [`Notice::Wake`] from a cross-process notifier or after a reconnect.
+pub(crate) async fn drain_due(pipeline: &Pipeline, max_batch: usize, cancel: &CancellationToken) {
+    while !cancel.is_cancelled() {
+        let lease = pipeline.lease();
+        match pipeline.store.claim_due(max_batch, Duration::ZERO, &lease).await {
+            Ok(batch) if batch.is_empty() => return,
+            Ok(batch) => pipeline.process(Engine::Listener, batch, &lease).await,
+            Err(e) => {
+                pipeline.stats.error("claim_due", &e);
+                return;
+            }
+        }
+    }
+}
+
+/// Polls a stream once without waiting; `None` if nothing is ready or it errored.
+trait NowOrNever {
+    fn now_or_never_ok(self) -> Option<Notice>;
+}
+
+impl<F: std::future::Future<Output = Option<crate::Result<Notice>>>> NowOrNever for F {
+    fn now_or_never_ok(self) -> Option<Notice> {
+        futures::FutureExt::now_or_never(self).flatten().and_then(Result::ok)
+    }
+}

@@ -1,0 +1,22 @@
+//! Transactional outbox for Rust.
+//!
+//! One dependency line brings the core plus the adapters you choose by feature:
+//!
+//! | feature | brings |
+//! |---|---|
+//! | (always) | [`core`]: traits, listener and fallback engines, in-memory store and bus |
+//! | `sea-orm` + `postgres` / `mysql` / `sqlite` | [`sea_orm`]: SQL storage, migration, transactional enqueue |
+//! | `nats` (+ `jetstream`) | [`nats`]: NATS core and JetStream bus, NATS notifier |
+//! | `redis` (+ `cluster`) | [`redis`]: Redis Streams bus, Redis notifier |
+//!
+//! Everything in `outbox-core` is also re-exported at the root.
+
+pub use outbox_core as core;
+pub use outbox_core::*;
+
+#[cfg(feature = "nats")]
+pub use outbox_nats as nats;
+#[cfg(feature = "redis")]
+pub use outbox_redis as redis;
+#[cfg(feature = "sea-orm")]
+pub use outbox_sea_orm as sea_orm;
