@@ -145,11 +145,9 @@ impl RetryPolicy {
         if self.jitter {
             builder = builder.with_jitter();
         }
-        builder
-            .build()
-            .nth(attempt.saturating_sub(1) as usize)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff.saturating_mul(2))
+        let delay = builder.build().nth(attempt.saturating_sub(1) as usize).unwrap_or(self.max_backoff);
+        // Whole milliseconds: stores keep times in ms, and f32 growth leaves nanosecond noise.
+        Duration::from_millis(delay.min(self.max_backoff.saturating_mul(2)).as_millis() as u64)
     }
 
     /// The longest a message can spend retrying before it is dead-lettered (without jitter).

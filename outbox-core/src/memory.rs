@@ -64,12 +64,12 @@ impl State {
 
     fn finish(&mut self, seq: u64) {
         let key = self.rows.get(&seq).and_then(|r| r.msg.key.clone());
-        if let Some(k) = key {
-            if let Some(set) = self.unfinished.get_mut(&k) {
-                set.remove(&seq);
-                if set.is_empty() {
-                    self.unfinished.remove(&k);
-                }
+        if let Some(k) = key
+            && let Some(set) = self.unfinished.get_mut(&k)
+        {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.unfinished.remove(&k);
             }
         }
     }

@@ -170,13 +170,13 @@ impl NewMessage {
                 format!("topic is {} bytes, the limit is {MAX_TOPIC_LEN}", self.topic.len()),
             ));
         }
-        if let Some(key) = &self.key {
-            if key.len() > MAX_KEY_LEN {
-                return Err(Error::invalid_message(
-                    self.id,
-                    format!("key is {} bytes, the limit is {MAX_KEY_LEN}", key.len()),
-                ));
-            }
+        if let Some(key) = &self.key
+            && key.len() > MAX_KEY_LEN
+        {
+            return Err(Error::invalid_message(
+                self.id,
+                format!("key is {} bytes, the limit is {MAX_KEY_LEN}", key.len()),
+            ));
         }
         Ok(())
     }

@@ -165,10 +165,10 @@ impl Pipeline {
                 Err(e) => self.stats.error("complete", &e),
             }
         }
-        if !failures.is_empty() {
-            if let Err(e) = settle(|| self.store.fail(&failures, lease)).await {
-                self.stats.error("fail", &e);
-            }
+        if !failures.is_empty()
+            && let Err(e) = settle(|| self.store.fail(&failures, lease)).await
+        {
+            self.stats.error("fail", &e);
         }
 
         let published = delivered.len() as u64;
