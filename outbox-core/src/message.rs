@@ -116,9 +116,35 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
-    /// A message for `topic` with a fresh UUIDv7 id.
+    /// A message for `topic` with a fresh UUIDv7 id. With the `otel` feature, the current
+    /// span's trace context is copied into a `traceparent` header so consumers can link traces.
     pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
-        Self { id: MessageId::new(), topic: topic.into(), key: None, payload: payload.into(), headers: Headers::new() }
+        let msg = Self {
+            id: MessageId::new(),
+            topic: topic.into(),
+            key: None,
+            payload: payload.into(),
+            headers: Headers::new(),
+        };
+        #[cfg(feature = "otel")]
+        let msg = msg.with_current_trace();
+        msg
+    }
+
+    /// Copies the current span's W3C trace context into a `traceparent` header; unchanged when
+    /// there is no valid OpenTelemetry context.
+    #[cfg(feature = "otel")]
+    pub fn with_current_trace(mut self) -> Self {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            let value = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
+            self.headers.insert(HEADER_TRACEPARENT.to_owned(), value);
+        }
+        self
     }
 
     /// A message whose payload is `value` encoded with `codec`.
