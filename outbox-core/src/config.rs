@@ -13,8 +13,9 @@ use crate::error::{Error, Result};
 pub struct ListenerConfig {
     /// Most messages claimed and published as one batch. Default 256; at least 1.
     pub max_batch: usize,
-    /// How long to wait for more notices before dispatching a partial batch. Default 1 ms;
-    /// 0 dispatches at once; must be shorter than the claim TTL.
+    /// How long to wait for more notices before dispatching a partial batch. Default 0:
+    /// dispatch at once with whatever is queued (batches still form naturally under load,
+    /// while earlier batches are in flight); must be shorter than the claim TTL.
     pub linger: Duration,
     /// Batches in flight at once. Default 4; at least 1.
     pub concurrency: usize,
@@ -22,7 +23,7 @@ pub struct ListenerConfig {
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        Self { max_batch: 256, linger: Duration::from_millis(1), concurrency: 4 }
+        Self { max_batch: 256, linger: Duration::ZERO, concurrency: 4 }
     }
 }
 
