@@ -1,0 +1,202 @@
+//! Command-line surface (clap derive). Flags win over environment variables, which win over
+//! the optional TOML file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Transactional outbox: standalone relay and operator commands.
+#[derive(Debug, Parser)]
+#[command(name = "outbox", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// TOML config file (lowest precedence: flags and environment override it).
+    #[arg(long, global = true, env = "OUTBOX_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Database URL: postgres://, mysql:// or sqlite://.
+    #[arg(long, global = true, env = "DATABASE_URL", value_parser = parse_url)]
+    pub(crate) database_url: Option<String>,
+    /// Outbox table name.
+    #[arg(long, global = true, env = "OUTBOX_TABLE")]
+    pub(crate) table: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, env = "OUTBOX_LOG_FORMAT", value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create or upgrade the outbox table.
+    Migrate,
+    /// Run the relay (listener + fallback) until SIGINT or SIGTERM, then drain and exit 0.
+    Relay(RelayArgs),
+    /// Pending, claimed and dead counts, the oldest pending age and the top keys by backlog.
+    Status(StatusArgs),
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+    /// Delete published rows (kept by `--retention keep`) older than a duration, in bounded batches.
+    PurgePublished(PurgeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BusKind {
+    Nats,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NotifierKind {
+    /// Postgres LISTEN/NOTIFY.
+    Postgres,
+    /// A core-NATS subject.
+    Nats,
+    /// Redis pub/sub.
+    Redis,
+    /// Fallback sweeps only.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RetentionArg {
+    Delete,
+    Keep,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// Broker to publish to (default: nats if NATS_URL is set, else redis).
+    #[arg(long, env = "OUTBOX_BUS", value_enum)]
+    pub(crate) bus: Option<BusKind>,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", value_parser = parse_url)]
+    pub(crate) nats_url: Option<String>,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", value_parser = parse_url)]
+    pub(crate) redis_url: Option<String>,
+    /// JetStream stream to create or check (NATS).
+    #[arg(long, env = "OUTBOX_STREAM")]
+    pub(crate) stream: Option<String>,
+    /// Prefix put before each topic to make the subject (NATS) or stream key (Redis).
+    #[arg(long, env = "OUTBOX_PREFIX")]
+    pub(crate) prefix: Option<String>,
+    /// What wakes the listener.
+    #[arg(long, env = "OUTBOX_NOTIFIER", value_enum)]
+    pub(crate) notifier: Option<NotifierKind>,
+    /// Messages per batch (listener and fallback).
+    #[arg(long, env = "OUTBOX_BATCH_SIZE")]
+    pub(crate) batch_size: Option<usize>,
+    /// Time between fallback sweeps, e.g. 1s.
+    #[arg(long, env = "OUTBOX_INTERVAL", value_parser = parse_duration)]
+    pub(crate) interval: Option<Duration>,
+    /// Minimum age before the fallback takes a fresh message, e.g. 2s.
+    #[arg(long, env = "OUTBOX_MIN_AGE", value_parser = parse_duration)]
+    pub(crate) min_age: Option<Duration>,
+    /// Claim lease, e.g. 30s.
+    #[arg(long, env = "OUTBOX_CLAIM_TTL", value_parser = parse_duration)]
+    pub(crate) claim_ttl: Option<Duration>,
+    /// Attempts before dead-lettering.
+    #[arg(long, env = "OUTBOX_MAX_ATTEMPTS")]
+    pub(crate) max_attempts: Option<u32>,
+    /// What completing a message does with its row.
+    #[arg(long, env = "OUTBOX_RETENTION", value_enum)]
+    pub(crate) retention: Option<RetentionArg>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9000.
+    #[arg(long, env = "OUTBOX_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Serve GET /health on this address (database and broker reachability).
+    #[arg(long, env = "OUTBOX_HEALTH_ADDR")]
+    pub(crate) health_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// How many keys to list by backlog.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) top: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeadCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter in full.
+    Show {
+        /// Message id (UUID).
+        id: uuid::Uuid,
+    },
+    /// Make dead letters pending again (attempts reset).
+    Replay {
+        /// Message ids (UUIDs).
+        #[arg(required_unless_present_any = ["all", "topic"], conflicts_with_all = ["all", "topic"])]
+        ids: Vec<uuid::Uuid>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "topic")]
+        all: bool,
+        /// Every dead letter of this topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Delete dead letters that died more than a duration ago.
+    Purge {
+        /// e.g. 7d, 12h.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    /// e.g. 7d, 12h.
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) older_than: Duration,
+    /// Rows deleted per statement.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) batch: u64,
+}
+
+/// Durations like `500ms`, `30s`, `7d` (humantime).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 30s, 7d: {e}"))
+}
+
+/// A URL with a scheme we can use.
+pub(crate) fn parse_url(s: &str) -> Result<String, String> {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(format!("`{s}` is not a URL (expected scheme://host…)"));
+    };
+    const KNOWN: &[&str] = &["postgres", "postgresql", "mysql", "mariadb", "sqlite", "nats", "tls", "redis", "rediss"];
+    if !KNOWN.contains(&scheme) {
+        return Err(format!("`{s}`: unsupported scheme `{scheme}` (one of {})", KNOWN.join(", ")));
+    }
+    if rest.is_empty() {
+        return Err(format!("`{s}` has no host or path"));
+    }
+    Ok(s.to_owned())
+}

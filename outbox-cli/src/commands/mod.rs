@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub(crate) mod dead;
+pub(crate) mod migrate;
+pub(crate) mod purge;
+pub(crate) mod relay;
+pub(crate) mod status;

@@ -1,0 +1,60 @@
+//! `outbox`: run the relay as its own process, and inspect or repair the outbox.
+
+mod backends;
+mod cli;
+mod commands;
+mod health;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = match settings::load(cli.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let common = file.common(&cli);
+    init_tracing(common.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, file, common)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli, file: settings::FileConfig, common: settings::Common) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Migrate => commands::migrate::run(&common).await,
+        Command::Relay(args) => commands::relay::run(&common, file.relay(args)?).await,
+        Command::Status(args) => commands::status::run(&*backends::store(&common).await?, args).await,
+        Command::Dead(cmd) => commands::dead::run(&*backends::store(&common).await?, cmd).await,
+        Command::PurgePublished(args) => commands::purge::run(&*backends::store(&common).await?, args).await,
+    }
+}
