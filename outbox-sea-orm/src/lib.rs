@@ -1,1 +1,22 @@
-//! Placeholder until its issue lands.
+#![doc = include_str!("../README.md")]
+
+mod config;
+#[cfg(feature = "sqlite")]
+mod connect;
+mod enqueue;
+pub mod error;
+mod migration;
+#[cfg(feature = "postgres")]
+mod notify;
+pub mod schema;
+mod sql;
+mod store;
+
+pub use config::{DEFAULT_TABLE, MAX_CHANNEL_LEN, MAX_TABLE_LEN, SqlStoreConfig};
+#[cfg(feature = "sqlite")]
+pub use connect::{SQLITE_BUSY_TIMEOUT, SQLITE_MAX_CONNECTIONS, connect_sqlite, sqlite_connect_options};
+pub use enqueue::TransactionFuture;
+pub use migration::{Migrator, OutboxMigration, migrate};
+#[cfg(feature = "postgres")]
+pub use notify::PgNotifier;
+pub use store::SqlStore;

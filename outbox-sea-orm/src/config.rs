@@ -1,0 +1,126 @@
+//! Store settings, validated when the store is built.
+
+use outbox_core::{Error, Result, Retention};
+
+/// Table name used when none is configured.
+pub const DEFAULT_TABLE: &str = "outbox_messages";
+
+/// Longest table name accepted: index names add up to 15 bytes, and Postgres truncates
+/// identifiers at 63 bytes (MySQL rejects names over 64).
+pub const MAX_TABLE_LEN: usize = 48;
+
+/// Longest Postgres `LISTEN`/`NOTIFY` channel name (Postgres identifiers are at most 63 bytes).
+pub const MAX_CHANNEL_LEN: usize = 63;
+
+/// Settings of a [`SqlStore`](crate::SqlStore).
+///
+/// ```
+/// use outbox_core::Retention;
+/// use outbox_sea_orm::SqlStoreConfig;
+///
+/// let config = SqlStoreConfig::default()
+///     .table("orders_outbox")
+///     .retention(Retention::KeepPublished)
+///     .notify_channel("orders_outbox");
+/// config.validate().unwrap();
+///
+/// let err = SqlStoreConfig::default().table("orders; DROP TABLE x").validate().unwrap_err();
+/// assert!(err.to_string().contains("`store.table`"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SqlStoreConfig {
+    /// The outbox table. Default [`DEFAULT_TABLE`] (`outbox_messages`). A plain identifier:
+    /// ASCII letters, digits and `_`, not starting with a digit, 1 to [`MAX_TABLE_LEN`] bytes.
+    pub table: String,
+    /// What completing a message does with its row. Default [`Retention::Delete`].
+    pub retention: Retention,
+    /// Postgres only: the channel that enqueue notifies (`pg_notify`) inside the writer's
+    /// transaction, for a [`PgNotifier`](crate::PgNotifier) listening on it. Default `None`
+    /// (no notification). Same identifier rules as the table, up to [`MAX_CHANNEL_LEN`] bytes.
+    pub notify_channel: Option<String>,
+}
+
+impl Default for SqlStoreConfig {
+    fn default() -> Self {
+        Self { table: DEFAULT_TABLE.to_owned(), retention: Retention::Delete, notify_channel: None }
+    }
+}
+
+impl SqlStoreConfig {
+    /// Sets [`SqlStoreConfig::table`].
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Sets [`SqlStoreConfig::retention`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets [`SqlStoreConfig::notify_channel`].
+    pub fn notify_channel(mut self, channel: impl Into<String>) -> Self {
+        self.notify_channel = Some(channel.into());
+        self
+    }
+
+    /// Checks every field; the error names the bad one and what is allowed.
+    pub fn validate(&self) -> Result<()> {
+        check_identifier("store.table", &self.table, MAX_TABLE_LEN)?;
+        if let Some(channel) = &self.notify_channel {
+            check_identifier("store.notify_channel", channel, MAX_CHANNEL_LEN)?;
+        }
+        Ok(())
+    }
+}
+
+/// Table and channel names are spliced into SQL, so only plain identifiers are accepted.
+pub(crate) fn check_identifier(field: &'static str, name: &str, max_len: usize) -> Result<()> {
+    let plain =
+        name.bytes().enumerate().all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+    if name.is_empty() || name.len() > max_len || !plain {
+        return Err(Error::config(
+            field,
+            format!(
+                "must be a plain identifier (ASCII letters, digits and `_`, not starting with a digit, \
+                 1 to {max_len} bytes), got {name:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = SqlStoreConfig::default();
+        assert_eq!(c.table, "outbox_messages");
+        assert_eq!(c.retention, Retention::Delete);
+        assert_eq!(c.notify_channel, None);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_names_that_are_not_plain_identifiers() {
+        for bad in ["", "1table", "a-b", "a.b", "tab le", "t\"", &"x".repeat(MAX_TABLE_LEN + 1)] {
+            let err = SqlStoreConfig::default().table(bad).validate().unwrap_err();
+            assert!(err.to_string().contains("`store.table` must be a plain identifier"), "{bad:?}: {err}");
+        }
+        let err = SqlStoreConfig::default().notify_channel("a b").validate().unwrap_err();
+        assert!(err.to_string().contains("`store.notify_channel`"));
+        SqlStoreConfig::default().table("_Outbox_2").notify_channel("ch_1").validate().unwrap();
+    }
+
+    #[test]
+    fn deserializes_with_defaults() {
+        let c: SqlStoreConfig = serde_json::from_str(r#"{"retention":"keep_published"}"#).unwrap();
+        assert_eq!(c.table, DEFAULT_TABLE);
+        assert_eq!(c.retention, Retention::KeepPublished);
+    }
+}

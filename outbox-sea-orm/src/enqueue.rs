@@ -1,0 +1,284 @@
+//! The write side: enqueue inside the caller's transaction, and a helper that runs the
+//! caller's work, enqueues its events, commits, and only then notifies.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+
+use outbox_core::message::now_millis;
+use outbox_core::{Error, MessageId, NewMessage, Result};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use crate::SqlStore;
+use crate::sql::{Dialect, Query};
+
+/// Rows per `INSERT` on MySQL and SQLite (7 binds each; SQLite allows 32,766 binds).
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// The future a [`SqlStore::transaction`] closure returns: its result plus the messages to
+/// enqueue in the same transaction.
+pub type TransactionFuture<'c, T, E> =
+    Pin<Box<dyn Future<Output = std::result::Result<(T, Vec<NewMessage>), E>> + Send + 'c>>;
+
+impl SqlStore {
+    /// Writes `messages` through `conn`, usually your open [`DatabaseTransaction`], so they
+    /// commit or roll back with your business rows. Returns their ids in input order.
+    ///
+    /// Every message is validated first ([`NewMessage::validate`]: topic 1–255 bytes, key up to
+    /// 255 bytes, no id twice); an invalid one is reported as [`Error::InvalidMessage`] before
+    /// anything is sent, so your transaction stays usable. All messages go in one multi-row
+    /// `INSERT` (on MySQL and SQLite, batches over 1,000 messages take one statement per 1,000).
+    /// On Postgres with a [`notify_channel`](crate::SqlStoreConfig::notify_channel), the same
+    /// statement also runs `pg_notify(channel, '')`, which Postgres delivers on commit only
+    /// (once per transaction).
+    ///
+    /// The store's notifier is **not** called here: call it after your commit, or use
+    /// [`SqlStore::transaction`], which does.
+    ///
+    /// ```no_run
+    /// # async fn run(store: outbox_sea_orm::SqlStore) -> Result<(), Box<dyn std::error::Error>> {
+    /// use outbox_core::NewMessage;
+    /// use sea_orm::TransactionTrait;
+    ///
+    /// let txn = store.connection().begin().await?;
+    /// // … your INSERTs and UPDATEs on `txn` …
+    /// let ids = store.enqueue_in(&txn, vec![NewMessage::new("orders.placed", "{}")]).await?;
+    /// txn.commit().await?;
+    /// # let _ = ids; Ok(()) }
+    /// ```
+    pub async fn enqueue_in<C: ConnectionTrait>(&self, conn: &C, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
+        validate_batch(&messages)?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        if conn.get_database_backend() != self.dialect.backend() {
+            return Err(Error::config(
+                "store.connection",
+                format!(
+                    "enqueue_in got a {:?} connection but the store is on {}",
+                    conn.get_database_backend(),
+                    self.backend()
+                ),
+            ));
+        }
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        let now = now_millis();
+        #[cfg(feature = "postgres")]
+        if self.dialect == Dialect::Postgres {
+            self.insert_postgres(conn, messages, now).await?;
+            return Ok(ids);
+        }
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let chunk: Vec<NewMessage> = messages.by_ref().take(ROWS_PER_INSERT).collect();
+            self.insert_rows(conn, chunk, now).await?;
+        }
+        Ok(ids)
+    }
+
+    /// Runs `work` in a new transaction, enqueues the messages it returns in that same
+    /// transaction, commits, and only then calls the store's notifier
+    /// ([`SqlStore::with_notifier`]). When `work` or the enqueue fails, the transaction is
+    /// rolled back and nobody is notified. The Rust counterpart of overriding EF Core's
+    /// `SaveChangesAsync` to add outbox rows.
+    ///
+    /// The closure has the shape of SeaORM's
+    /// [`TransactionTrait::transaction`](sea_orm::TransactionTrait::transaction): it gets
+    /// the transaction and returns a boxed future. Its error type `E` must accept outbox
+    /// errors (`E: From<outbox_core::Error>`), e.g. `outbox_core::Error` itself, `anyhow::Error`
+    /// or your application error. On SQLite the transaction starts with `BEGIN IMMEDIATE`, so
+    /// it never fails half-way on a lock upgrade.
+    ///
+    /// ```no_run
+    /// # async fn run(store: outbox_sea_orm::SqlStore) -> outbox_core::Result<()> {
+    /// use outbox_core::NewMessage;
+    /// use sea_orm::ConnectionTrait;
+    ///
+    /// let order_id = store
+    ///     .transaction(|txn| {
+    ///         Box::pin(async move {
+    ///             txn.execute_unprepared("INSERT INTO orders (id) VALUES (42)").await.map_err(|e| {
+    ///                 outbox_core::Error::permanent("app", e.to_string(), None)
+    ///             })?;
+    ///             let event = NewMessage::json("orders.placed", &serde_json::json!({ "id": 42 }))?.key("42");
+    ///             Ok((42, vec![event]))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = order_id; Ok(()) }
+    /// ```
+    pub async fn transaction<T, E, F>(&self, work: F) -> std::result::Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c DatabaseTransaction) -> TransactionFuture<'c, T, E> + Send,
+        T: Send,
+        E: From<Error> + Send,
+    {
+        let txn = self.begin_write().await?;
+        let (value, messages) = match work(&txn).await {
+            Ok(done) => done,
+            Err(e) => {
+                self.rollback(txn).await;
+                return Err(e);
+            }
+        };
+        let ids = match self.enqueue_in(&txn, messages).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.rollback(txn).await;
+                return Err(e.into());
+            }
+        };
+        txn.commit().await.map_err(|e| self.db_err(e))?;
+        self.notify_committed(&ids).await;
+        Ok(value)
+    }
+
+    /// Begins a transaction that will write; on SQLite it takes the write lock up front.
+    pub(crate) async fn begin_write(&self) -> Result<DatabaseTransaction> {
+        let begun = match self.dialect {
+            Dialect::Sqlite => {
+                let options = TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..TransactionOptions::default()
+                };
+                self.db.begin_with_options(options).await
+            }
+            Dialect::Postgres | Dialect::MySql => self.db.begin().await,
+        };
+        begun.map_err(|e| self.db_err(e))
+    }
+
+    async fn rollback(&self, txn: DatabaseTransaction) {
+        if let Err(e) = txn.rollback().await {
+            tracing::warn!(error = %e, "outbox: rollback failed; the connection drops the transaction");
+        }
+    }
+
+    pub(crate) fn fits_one_insert(&self, messages: usize) -> bool {
+        self.dialect == Dialect::Postgres || messages <= ROWS_PER_INSERT
+    }
+
+    fn insert_error(&self, err: DbErr) -> Error {
+        if let Some(SqlErr::UniqueConstraintViolation(detail)) = err.sql_err() {
+            return Error::permanent(
+                self.backend(),
+                format!("a message with one of these ids is already stored ({detail})"),
+                Some(Box::new(err) as outbox_core::BoxError),
+            );
+        }
+        self.db_err(err)
+    }
+
+    /// MySQL / SQLite: `INSERT … VALUES (…), (…)`.
+    async fn insert_rows<C: ConnectionTrait>(&self, conn: &C, messages: Vec<NewMessage>, now: i64) -> Result<()> {
+        let mut q = Query::new(self.dialect);
+        q.push("INSERT INTO ")
+            .push(&self.table)
+            .push(" (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) VALUES ");
+        for (i, m) in messages.into_iter().enumerate() {
+            let headers = headers_json(&m)?;
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .bind(m.id.as_uuid())
+                .push(", ")
+                .bind(m.topic)
+                .push(", ")
+                .bind(m.key)
+                .push(", ")
+                .bind(m.payload)
+                .push(", ")
+                .bind(headers)
+                .push(", 0, 0, ")
+                .bind(now)
+                .push(", ")
+                .bind(now)
+                .push(")");
+        }
+        conn.execute_raw(q.build()).await.map(|_| ()).map_err(|e| self.insert_error(e))
+    }
+
+    /// Postgres: `INSERT … SELECT FROM unnest(arrays)` keeps one SQL text for every batch size
+    /// (its prepared statement is reused); the optional `pg_notify` rides in the same statement.
+    #[cfg(feature = "postgres")]
+    async fn insert_postgres<C: ConnectionTrait>(&self, conn: &C, messages: Vec<NewMessage>, now: i64) -> Result<()> {
+        use sea_orm::Value;
+        use sea_orm::sea_query::ArrayType;
+
+        let n = messages.len();
+        let (mut ids, mut topics, mut keys, mut has_key, mut payloads, mut headers) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for m in messages {
+            headers.push(headers_json(&m)?);
+            ids.push(m.id.as_uuid());
+            topics.push(m.topic);
+            // Arrays bind without NULL elements, so a flag says whether the key is set.
+            has_key.push(m.key.is_some());
+            keys.push(m.key.unwrap_or_default());
+            payloads.push(Value::Bytes(Some(m.payload)));
+        }
+        let insert = format!(
+            "INSERT INTO {t} (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) \
+             SELECT u.id, u.topic, CASE WHEN u.has_key THEN u.msg_key END, u.payload, u.headers, 0, 0, $7, $7 \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::boolean[], $5::bytea[], $6::text[]) \
+             WITH ORDINALITY AS u(id, topic, msg_key, has_key, payload, headers, ord) ORDER BY u.ord",
+            t = self.table
+        );
+        let mut values: Vec<Value> = vec![
+            ids.into(),
+            topics.into(),
+            keys.into(),
+            has_key.into(),
+            Value::Array(ArrayType::Bytes, Some(Box::new(payloads))),
+            headers.into(),
+            now.into(),
+        ];
+        let sql = match &self.config.notify_channel {
+            Some(channel) => {
+                values.push(channel.clone().into());
+                format!("WITH ins AS ({insert} RETURNING 1) SELECT pg_notify($8, '')")
+            }
+            None => insert,
+        };
+        let stmt = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values);
+        conn.execute_raw(stmt).await.map(|_| ()).map_err(|e| self.insert_error(e))
+    }
+}
+
+fn validate_batch(messages: &[NewMessage]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(messages.len());
+    for m in messages {
+        m.validate()?;
+        if !seen.insert(m.id) {
+            return Err(Error::invalid_message(m.id, "the same id appears twice in one enqueue"));
+        }
+    }
+    Ok(())
+}
+
+fn headers_json(m: &NewMessage) -> Result<String> {
+    serde_json::to_string(&m.headers).map_err(|e| Error::encode(format!("headers of message {}: {e}", m.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_catches_long_topics_and_repeated_ids() {
+        let long = NewMessage::new("t".repeat(256), "x");
+        assert!(matches!(validate_batch(&[long]), Err(Error::InvalidMessage { .. })));
+        let m = NewMessage::new("t", "x");
+        let err = validate_batch(&[m.clone(), m]).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+}

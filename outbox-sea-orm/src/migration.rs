@@ -1,0 +1,226 @@
+//! Creates the outbox table and its indexes, as a SeaORM migration or in one call.
+
+use async_trait::async_trait;
+use outbox_core::Result;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager};
+
+use crate::config::{DEFAULT_TABLE, MAX_TABLE_LEN, SqlStoreConfig, check_identifier};
+use crate::error::from_db_err;
+use crate::sql::Dialect;
+
+/// A migration that creates (`up`) or drops (`down`) one outbox table. Add it to your own
+/// `Migrator` so the outbox table is versioned with the rest of your schema:
+///
+/// ```
+/// use outbox_sea_orm::OutboxMigration;
+/// use sea_orm_migration::{MigrationTrait, MigratorTrait};
+///
+/// struct Migrator;
+///
+/// impl MigratorTrait for Migrator {
+///     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+///         vec![
+///             // your migrations…
+///             Box::new(OutboxMigration::default()),
+///         ]
+///     }
+/// }
+/// # assert_eq!(Migrator::migrations().len(), 1);
+/// ```
+///
+/// `up` is idempotent (`CREATE … IF NOT EXISTS`), so it also adopts a table created earlier by
+/// [`migrate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxMigration {
+    table: String,
+    name: String,
+}
+
+impl OutboxMigration {
+    /// A migration for `table`; it must be a plain identifier (see
+    /// [`SqlStoreConfig::table`]).
+    pub fn new(table: impl Into<String>) -> Result<Self> {
+        let table = table.into();
+        check_identifier("store.table", &table, MAX_TABLE_LEN)?;
+        Ok(Self { name: format!("m20250601_000001_create_outbox_table_{table}"), table })
+    }
+
+    /// The table it creates.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+impl Default for OutboxMigration {
+    /// The migration for [`DEFAULT_TABLE`].
+    fn default() -> Self {
+        Self { table: DEFAULT_TABLE.to_owned(), name: format!("m20250601_000001_create_outbox_table_{DEFAULT_TABLE}") }
+    }
+}
+
+impl MigrationName for OutboxMigration {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[async_trait]
+impl MigrationTrait for OutboxMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = Dialect::of(manager.get_database_backend()).map_err(|e| DbErr::Migration(e.to_string()))?;
+        let conn = manager.get_connection();
+        for ddl in create_statements(dialect, &self.table) {
+            conn.execute_unprepared(&ddl).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let dialect = Dialect::of(manager.get_database_backend()).map_err(|e| DbErr::Migration(e.to_string()))?;
+        let sql = format!("DROP TABLE IF EXISTS {}", dialect.quote(&self.table));
+        manager.get_connection().execute_unprepared(&sql).await.map(|_| ())
+    }
+}
+
+/// A migrator with just the default outbox table, for applications that do not use SeaORM
+/// migrations themselves. It records itself in its own table, `outbox_seaql_migrations`,
+/// so it never conflicts with an application's `seaql_migrations`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(OutboxMigration::default())]
+    }
+
+    fn migration_table_name() -> sea_orm::DynIden {
+        use sea_orm::sea_query::IntoIden;
+        "outbox_seaql_migrations".into_iden()
+    }
+}
+
+/// Creates the table of `config` and its indexes if they are missing (idempotent, unversioned):
+/// the quickest start, and what `outbox migrate` runs.
+///
+/// ```no_run
+/// # async fn run() -> outbox_core::Result<()> {
+/// use outbox_sea_orm::{SqlStoreConfig, migrate};
+///
+/// let db = sea_orm::Database::connect("postgres://postgres@127.0.0.1/app").await.unwrap();
+/// migrate(&db, &SqlStoreConfig::default()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn migrate(db: &DatabaseConnection, config: &SqlStoreConfig) -> Result<()> {
+    config.validate()?;
+    let migration = OutboxMigration::new(config.table.clone())?;
+    let backend = db.get_database_backend();
+    migration.up(&SchemaManager::new(db)).await.map_err(|e| from_db_err(backend, &config.table, e))
+}
+
+/// The DDL for `table`, one statement per string.
+pub(crate) fn create_statements(dialect: Dialect, table: &str) -> Vec<String> {
+    let t = dialect.quote(table);
+    let status_idx = dialect.quote(&format!("{table}_status_seq_idx"));
+    let key_idx = dialect.quote(&format!("{table}_key_head_idx"));
+    let id_key = dialect.quote(&format!("{table}_id_key"));
+    match dialect {
+        Dialect::Postgres => vec![
+            // fillfactor leaves room on each page so claims (which touch no indexed column)
+            // are HOT updates.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (
+                    seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                    id UUID NOT NULL,
+                    topic VARCHAR(255) NOT NULL,
+                    msg_key VARCHAR(255) NULL,
+                    payload BYTEA NOT NULL,
+                    headers TEXT NOT NULL,
+                    status SMALLINT NOT NULL DEFAULT 0,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    last_error TEXT NULL,
+                    created_at BIGINT NOT NULL,
+                    available_at BIGINT NOT NULL,
+                    claimed_until BIGINT NULL,
+                    claim_token UUID NULL,
+                    finished_at BIGINT NULL,
+                    CONSTRAINT {id_key} UNIQUE (id)
+                ) WITH (fillfactor = 90)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status, seq)"),
+            // Only unfinished rows can block a key, so the head-of-key index skips the rest.
+            format!(
+                "CREATE INDEX IF NOT EXISTS {key_idx} ON {t} (msg_key, seq) \
+                 WHERE status IN (0, 2) AND msg_key IS NOT NULL"
+            ),
+        ],
+        // MySQL has no CREATE INDEX IF NOT EXISTS, so the indexes live in CREATE TABLE.
+        // Binary collations: keys and topics compare byte for byte, as in every other store.
+        Dialect::MySql => vec![format!(
+            "CREATE TABLE IF NOT EXISTS {t} (
+                seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                id BINARY(16) NOT NULL,
+                topic VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+                msg_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+                payload LONGBLOB NOT NULL,
+                headers MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+                status SMALLINT NOT NULL DEFAULT 0,
+                attempts INT NOT NULL DEFAULT 0,
+                last_error MEDIUMTEXT CHARACTER SET utf8mb4 NULL,
+                created_at BIGINT NOT NULL,
+                available_at BIGINT NOT NULL,
+                claimed_until BIGINT NULL,
+                claim_token BINARY(16) NULL,
+                finished_at BIGINT NULL,
+                UNIQUE KEY {id_key} (id),
+                KEY {status_idx} (status, seq),
+                KEY {key_idx} (msg_key, status, seq)
+            ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
+        )],
+        // AUTOINCREMENT: a deleted last row never gives its seq to a newer message.
+        Dialect::Sqlite => vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id BLOB NOT NULL,
+                    topic TEXT NOT NULL,
+                    msg_key TEXT NULL,
+                    payload BLOB NOT NULL,
+                    headers TEXT NOT NULL,
+                    status INTEGER NOT NULL DEFAULT 0,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    last_error TEXT NULL,
+                    created_at INTEGER NOT NULL,
+                    available_at INTEGER NOT NULL,
+                    claimed_until INTEGER NULL,
+                    claim_token BLOB NULL,
+                    finished_at INTEGER NULL,
+                    CONSTRAINT {id_key} UNIQUE (id)
+                )"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status, seq)"),
+            format!("CREATE INDEX IF NOT EXISTS {key_idx} ON {t} (msg_key, status, seq)"),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_names_carry_the_table() {
+        let m = OutboxMigration::new("orders_outbox").unwrap();
+        assert_eq!(m.name(), "m20250601_000001_create_outbox_table_orders_outbox");
+        assert_eq!(OutboxMigration::default().table(), DEFAULT_TABLE);
+        assert!(OutboxMigration::new("bad name").is_err());
+    }
+
+    #[test]
+    fn every_dialect_indexes_status_and_key() {
+        for d in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
+            let ddl = create_statements(d, "t").join("\n");
+            assert!(ddl.contains("t_status_seq_idx") && ddl.contains("t_key_head_idx"), "{d:?}");
+        }
+    }
+}

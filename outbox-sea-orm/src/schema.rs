@@ -1,0 +1,86 @@
+//! The outbox table: one row per message; dead letters are rows with [`status::DEAD`].
+//!
+//! | column | type (Postgres / MySQL / SQLite) | meaning |
+//! |---|---|---|
+//! | `seq` | `BIGINT` identity / `BIGINT AUTO_INCREMENT` / `INTEGER AUTOINCREMENT`, primary key | enqueue order; per-key order follows it |
+//! | `id` | `UUID` / `BINARY(16)` / `BLOB`, unique | the message id (UUIDv7) |
+//! | `topic` | `VARCHAR(255)` (binary collation on MySQL) | destination |
+//! | `msg_key` | `VARCHAR(255)`, null | ordering key |
+//! | `payload` | `BYTEA` / `LONGBLOB` / `BLOB` | payload bytes |
+//! | `headers` | `TEXT` (`MEDIUMTEXT` on MySQL) | JSON object of strings |
+//! | `status` | `SMALLINT` | [`status::PENDING`], [`status::PUBLISHED`] (only with `Retention::KeepPublished`), [`status::DEAD`] |
+//! | `attempts` | `INT` | failed publish attempts |
+//! | `last_error` | `TEXT`, null | the last publish error (truncated to [`MAX_ERROR_LEN`] bytes) |
+//! | `created_at` | `BIGINT` | enqueue time, unix ms |
+//! | `available_at` | `BIGINT` | earliest next attempt, unix ms |
+//! | `claimed_until` | `BIGINT`, null | end of the current claim, unix ms |
+//! | `claim_token` | like `id`, null | the lease token of the current claim |
+//! | `finished_at` | `BIGINT`, null | when it was published (kept rows) or dead-lettered, unix ms |
+//!
+//! Indexes: `(status, seq)` for sweeps, dead letters and purges; `(msg_key, status, seq)` for
+//! the head-of-key check (on Postgres a partial `(msg_key, seq)` index over pending and dead
+//! rows). All times are computed by the application
+//! ([`now_millis`](outbox_core::message::now_millis)), which keeps the SQL portable.
+
+/// Values of the `status` column.
+pub mod status {
+    /// Waiting to be published (claimed or not).
+    pub const PENDING: i16 = 0;
+    /// Published and kept (only with `Retention::KeepPublished`).
+    pub const PUBLISHED: i16 = 1;
+    /// Dead-lettered: blocks its key until replayed or purged.
+    pub const DEAD: i16 = 2;
+}
+
+/// Longest `last_error` kept, in bytes; longer errors are cut at a character boundary.
+pub const MAX_ERROR_LEN: usize = 4096;
+
+/// The columns a store reads back for a message.
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "seq, id, topic, msg_key, payload, headers, created_at, attempts, last_error, finished_at";
+
+/// A SeaORM entity for the default table (`outbox_messages`), to query the outbox with
+/// SeaORM, e.g. for an admin page. The relay never needs it.
+///
+/// ```
+/// use outbox_sea_orm::schema::{entity, status};
+/// use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+///
+/// let dead_letters = entity::Entity::find().filter(entity::Column::Status.eq(status::DEAD));
+/// # let _ = dead_letters;
+/// ```
+pub mod entity {
+    // The derive generates Entity, Column, ActiveModel and friends without doc comments.
+    #![allow(missing_docs)]
+
+    use sea_orm::entity::prelude::*;
+
+    /// One outbox row; see the [module docs](crate::schema) for each column.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox_messages")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        #[sea_orm(unique)]
+        pub id: Uuid,
+        pub topic: String,
+        pub msg_key: Option<String>,
+        pub payload: Vec<u8>,
+        #[sea_orm(column_type = "Text")]
+        pub headers: String,
+        pub status: i16,
+        pub attempts: i32,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub last_error: Option<String>,
+        pub created_at: i64,
+        pub available_at: i64,
+        pub claimed_until: Option<i64>,
+        pub claim_token: Option<Uuid>,
+        pub finished_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

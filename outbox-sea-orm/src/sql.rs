@@ -1,0 +1,123 @@
+//! A small SQL text builder: the statements are hand-written (they need `SKIP LOCKED`, `RETURNING`
+//! and anti-joins that query builders do not cover), only placeholders and id lists differ
+//! between backends.
+
+use outbox_core::{Error, Result};
+use sea_orm::{DbBackend, Statement, Value};
+use uuid::Uuid;
+
+/// The SQL dialect of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    pub(crate) fn of(backend: DbBackend) -> Result<Self> {
+        match backend {
+            DbBackend::Postgres => Ok(Self::Postgres),
+            DbBackend::MySql => Ok(Self::MySql),
+            DbBackend::Sqlite => Ok(Self::Sqlite),
+            #[allow(unreachable_patterns)]
+            other => Err(Error::config("store.connection", format!("unsupported database backend {other:?}"))),
+        }
+    }
+
+    pub(crate) fn backend(self) -> DbBackend {
+        match self {
+            Self::Postgres => DbBackend::Postgres,
+            Self::MySql => DbBackend::MySql,
+            Self::Sqlite => DbBackend::Sqlite,
+        }
+    }
+
+    /// Quotes an identifier that was validated as plain (letters, digits, `_`).
+    pub(crate) fn quote(self, ident: &str) -> String {
+        match self {
+            Self::MySql => format!("`{ident}`"),
+            Self::Postgres | Self::Sqlite => format!("\"{ident}\""),
+        }
+    }
+}
+
+/// SQL text plus its bound values, with the dialect's placeholders.
+#[derive(Debug)]
+pub(crate) struct Query {
+    dialect: Dialect,
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl Query {
+    pub(crate) fn new(dialect: Dialect) -> Self {
+        Self { dialect, sql: String::with_capacity(256), values: Vec::new() }
+    }
+
+    pub(crate) fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub(crate) fn bind(&mut self, value: impl Into<Value>) -> &mut Self {
+        self.values.push(value.into());
+        match self.dialect {
+            Dialect::Postgres => {
+                use std::fmt::Write;
+                let _ = write!(self.sql, "${}", self.values.len());
+            }
+            Dialect::MySql | Dialect::Sqlite => self.sql.push('?'),
+        }
+        self
+    }
+
+    /// Appends `column = ANY($n)` with one array bind on Postgres (stable SQL text, so the
+    /// prepared statement is reused), `column IN (?, …)` elsewhere. `ids` must not be empty.
+    pub(crate) fn uuid_in(&mut self, column: &str, ids: impl IntoIterator<Item = Uuid>) -> &mut Self {
+        self.push(column);
+        #[cfg(feature = "postgres")]
+        if self.dialect == Dialect::Postgres {
+            let array: Vec<Uuid> = ids.into_iter().collect();
+            return self.push(" = ANY(").bind(array).push(")");
+        }
+        self.push(" IN (");
+        for (i, id) in ids.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(id);
+        }
+        self.push(")")
+    }
+
+    pub(crate) fn build(self) -> Statement {
+        Statement::from_sql_and_values(self.dialect.backend(), self.sql, self.values)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_the_dialect() {
+        let ids = [Uuid::nil(), Uuid::max()];
+        let mut q = Query::new(Dialect::MySql);
+        q.push("x = ").bind(1i64).push(" AND ").uuid_in("id", ids);
+        assert_eq!(q.sql(), "x = ? AND id IN (?, ?)");
+
+        let mut q = Query::new(Dialect::Postgres);
+        q.push("x = ").bind(1i64).push(" AND ").uuid_in("id", ids);
+        #[cfg(feature = "postgres")]
+        assert_eq!(q.sql(), "x = $1 AND id = ANY($2)");
+        #[cfg(not(feature = "postgres"))]
+        assert_eq!(q.sql(), "x = $1 AND id IN ($2, $3)");
+    }
+}

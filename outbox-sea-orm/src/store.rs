@@ -1,0 +1,620 @@
+//! [`SqlStore`]: the relay side of the outbox table (claim, complete, fail, dead letters).
+//!
+//! Round trips per call: a claim is one `UPDATE … RETURNING` on Postgres (`FOR UPDATE SKIP
+//! LOCKED` in a subquery) and SQLite; on MySQL/MariaDB, which has no `UPDATE … RETURNING`, it
+//! is a short `READ COMMITTED` transaction: `SELECT … FOR UPDATE SKIP LOCKED`, one `UPDATE`,
+//! `COMMIT`. `complete` and `fail` are one statement per batch everywhere.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::message::{duration_millis, now_millis};
+use outbox_core::{
+    DeadLetter, DeadLetterQuery, Disposition, Error, Failure, Headers, Lease, MessageId, NewMessage, Notifier,
+    OutboxMessage, OutboxStats, OutboxStore, ReplaySelector, Result, Retention, UnixMillis,
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, IsolationLevel, QueryResult, TransactionTrait};
+use uuid::Uuid;
+
+use crate::config::SqlStoreConfig;
+use crate::error::{backend_name, from_db_err};
+use crate::schema::{MAX_ERROR_LEN, MESSAGE_COLUMNS};
+use crate::sql::{Dialect, Query};
+
+/// Ids per statement when they go into an `IN (…)` list (SQLite allows 32,766 binds).
+const MAX_IDS_PER_STATEMENT: usize = 4_000;
+
+/// An [`OutboxStore`] on a SeaORM connection: Postgres, MySQL/MariaDB ≥ 10.6 or SQLite.
+///
+/// The write side is [`SqlStore::enqueue_in`] (inside your transaction) and
+/// [`SqlStore::transaction`] (your work, the enqueue, commit, then notify).
+///
+/// ```no_run
+/// # async fn run() -> outbox_core::Result<()> {
+/// use std::sync::Arc;
+/// use outbox_core::{MemoryBus, OutboxStore, Relay};
+/// use outbox_sea_orm::{SqlStore, SqlStoreConfig, migrate};
+///
+/// let db = sea_orm::Database::connect("postgres://postgres@127.0.0.1/app").await.unwrap();
+/// let config = SqlStoreConfig::default();
+/// migrate(&db, &config).await?;
+/// let store = Arc::new(SqlStore::new(db, config)?);
+/// let relay = Relay::builder(store.clone(), Arc::new(MemoryBus::new())).build()?.spawn();
+/// # relay.shutdown().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SqlStore {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) config: SqlStoreConfig,
+    pub(crate) dialect: Dialect,
+    /// The table name, quoted for the dialect.
+    pub(crate) table: String,
+    pub(crate) notifier: Option<Arc<dyn Notifier>>,
+}
+
+impl fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend())
+            .field("table", &self.config.table)
+            .field("retention", &self.config.retention)
+            .field("notify_channel", &self.config.notify_channel)
+            .field("notifier", &self.notifier)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which rows a claim may take, besides being claimable.
+#[derive(Clone, Copy)]
+enum Pick<'a> {
+    Ids(&'a [MessageId]),
+    Due { created_before: UnixMillis, limit: usize },
+}
+
+impl SqlStore {
+    /// A store over `db` (any SeaORM connection pool); validates `config`.
+    ///
+    /// The table must exist: run [`migrate`](crate::migrate) or add
+    /// [`OutboxMigration`](crate::OutboxMigration) to your migrator. A missing table shows
+    /// up as [`Error::MissingSchema`] on first use.
+    pub fn new(db: DatabaseConnection, config: SqlStoreConfig) -> Result<Self> {
+        config.validate()?;
+        let dialect = Dialect::of(db.get_database_backend())?;
+        if config.notify_channel.is_some() && dialect != Dialect::Postgres {
+            return Err(Error::config(
+                "store.notify_channel",
+                "is Postgres-only (LISTEN/NOTIFY); leave it unset on MySQL and SQLite",
+            ));
+        }
+        let table = dialect.quote(&config.table);
+        Ok(Self { db, config, dialect, table, notifier: None })
+    }
+
+    /// Calls `notifier` after each commit that enqueued messages ([`OutboxStore::enqueue`] and
+    /// [`SqlStore::transaction`]), e.g. a [`ChannelNotifier`](outbox_core::ChannelNotifier)
+    /// shared with an in-process relay.
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &SqlStoreConfig {
+        &self.config
+    }
+
+    /// The connection pool.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The backend in use: `postgres`, `mysql` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        backend_name(self.dialect.backend())
+    }
+
+    pub(crate) fn db_err(&self, err: DbErr) -> Error {
+        from_db_err(self.dialect.backend(), &self.config.table, err)
+    }
+
+    pub(crate) async fn execute(&self, conn: &impl ConnectionTrait, q: Query) -> Result<u64> {
+        conn.execute_raw(q.build()).await.map(|r| r.rows_affected()).map_err(|e| self.db_err(e))
+    }
+
+    async fn fetch(&self, conn: &impl ConnectionTrait, q: Query) -> Result<Vec<QueryResult>> {
+        conn.query_all_raw(q.build()).await.map_err(|e| self.db_err(e))
+    }
+
+    pub(crate) async fn notify_committed(&self, ids: &[MessageId]) {
+        if let Some(notifier) = &self.notifier
+            && !ids.is_empty()
+        {
+            notifier.notify(ids).await;
+        }
+    }
+
+    /// `c` is claimable: pending, due, not under a live claim, and the head of its key.
+    fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>) {
+        q.push(" WHERE c.status = 0 AND c.available_at <= ")
+            .bind(now)
+            .push(" AND (c.claimed_until IS NULL OR c.claimed_until <= ")
+            .bind(now)
+            .push(") AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
+            .push(&self.table)
+            .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)))");
+        match pick {
+            Pick::Ids(ids) => {
+                q.push(" AND ").uuid_in("c.id", ids.iter().map(|id| id.as_uuid()));
+            }
+            Pick::Due { created_before, limit } => {
+                q.push(" AND (c.attempts > 0 OR c.claimed_until IS NOT NULL OR c.created_at <= ")
+                    .bind(created_before)
+                    .push(") ORDER BY c.seq LIMIT ")
+                    .bind(limit_value(limit));
+            }
+        }
+    }
+
+    async fn claim(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<OutboxMessage>> {
+        let now = now_millis();
+        let until = now.saturating_add(duration_millis(lease.ttl));
+        let mut rows = match self.dialect {
+            Dialect::MySql => self.claim_in_transaction(pick, lease, now, until).await?,
+            Dialect::Postgres | Dialect::Sqlite => {
+                let q = self.claim_update(pick, lease, now, until);
+                self.fetch(&self.db, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?
+            }
+        };
+        rows.sort_by_key(|r| r.seq);
+        Ok(rows.into_iter().map(|r| r.message).collect())
+    }
+
+    /// Postgres / SQLite: claim in one `UPDATE … RETURNING`.
+    fn claim_update(&self, pick: Pick<'_>, lease: &Lease, now: UnixMillis, until: UnixMillis) -> Query {
+        let mut q = Query::new(self.dialect);
+        q.push("UPDATE ")
+            .push(&self.table)
+            .push(" SET claimed_until = ")
+            .bind(until)
+            .push(", claim_token = ")
+            .bind(lease.token)
+            .push(" WHERE seq IN (SELECT c.seq FROM ")
+            .push(&self.table)
+            .push(" c");
+        self.push_claimable(&mut q, now, pick);
+        if self.dialect == Dialect::Postgres {
+            q.push(" FOR UPDATE OF c SKIP LOCKED");
+        }
+        q.push(") RETURNING ").push(MESSAGE_COLUMNS);
+        q
+    }
+
+    /// MySQL/MariaDB: lock the rows, then mark them. READ COMMITTED keeps the locking read
+    /// from holding locks (and gap locks) on rows it scanned but did not claim.
+    async fn claim_in_transaction(
+        &self,
+        pick: Pick<'_>,
+        lease: &Lease,
+        now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Vec<Row>> {
+        let txn =
+            self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await.map_err(|e| self.db_err(e))?;
+        let mut q = Query::new(self.dialect);
+        q.push("SELECT ").push(MESSAGE_COLUMNS).push(" FROM ").push(&self.table).push(" c");
+        self.push_claimable(&mut q, now, pick);
+        q.push(" FOR UPDATE SKIP LOCKED");
+        let rows = self.fetch(&txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
+        if !rows.is_empty() {
+            let mut q = Query::new(self.dialect);
+            q.push("UPDATE ")
+                .push(&self.table)
+                .push(" SET claimed_until = ")
+                .bind(until)
+                .push(", claim_token = ")
+                .bind(lease.token)
+                .push(" WHERE seq IN (");
+            for (i, row) in rows.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(row.seq);
+            }
+            q.push(")");
+            self.execute(&txn, q).await?;
+        }
+        txn.commit().await.map_err(|e| self.db_err(e))?;
+        Ok(rows)
+    }
+
+    /// `AND claim_token = … AND claimed_until > now AND status = 0`: the lease still holds.
+    fn push_held_by(q: &mut Query, lease: &Lease, now: UnixMillis) {
+        q.push(" AND claim_token = ").bind(lease.token).push(" AND claimed_until > ").bind(now).push(" AND status = 0");
+    }
+
+    async fn fail_chunk(&self, failures: &[Failure], lease: &Lease, now: UnixMillis) -> Result<()> {
+        #[cfg(feature = "postgres")]
+        if self.dialect == Dialect::Postgres {
+            return self.fail_chunk_postgres(failures, lease, now).await;
+        }
+        // One UPDATE whose CASE expressions give each message its own values.
+        let mut q = Query::new(self.dialect);
+        q.push("UPDATE ").push(&self.table).push(" SET attempts = attempts + 1, last_error = CASE id");
+        for f in failures {
+            q.push(" WHEN ").bind(f.id.as_uuid()).push(" THEN ").bind(truncate_error(&f.error));
+        }
+        q.push(" END");
+        let retries: Vec<_> = failures
+            .iter()
+            .filter_map(|f| match f.disposition {
+                Disposition::RetryAfter(d) => Some((f.id, now.saturating_add(duration_millis(d)))),
+                Disposition::DeadLetter => None,
+            })
+            .collect();
+        if !retries.is_empty() {
+            q.push(", available_at = CASE id");
+            for (id, at) in &retries {
+                q.push(" WHEN ").bind(id.as_uuid()).push(" THEN ").bind(*at);
+            }
+            q.push(" ELSE available_at END");
+        }
+        let dead: Vec<Uuid> =
+            failures.iter().filter(|f| f.disposition == Disposition::DeadLetter).map(|f| f.id.as_uuid()).collect();
+        if !dead.is_empty() {
+            q.push(", status = CASE WHEN ").uuid_in("id", dead.iter().copied()).push(" THEN 2 ELSE status END");
+            q.push(", finished_at = CASE WHEN ")
+                .uuid_in("id", dead.iter().copied())
+                .push(" THEN ")
+                .bind(now)
+                .push(" ELSE finished_at END");
+        }
+        q.push(", claimed_until = NULL, claim_token = NULL WHERE ")
+            .uuid_in("id", failures.iter().map(|f| f.id.as_uuid()));
+        Self::push_held_by(&mut q, lease, now);
+        self.execute(&self.db, q).await.map(|_| ())
+    }
+
+    /// Postgres: the per-message values travel as arrays, so the SQL text is the same for
+    /// every batch size and its prepared statement is reused.
+    #[cfg(feature = "postgres")]
+    async fn fail_chunk_postgres(&self, failures: &[Failure], lease: &Lease, now: UnixMillis) -> Result<()> {
+        use crate::schema::status;
+
+        let sql = format!(
+            "UPDATE {t} AS t SET attempts = t.attempts + 1, last_error = f.error, status = f.status, \
+             available_at = CASE WHEN f.status = 2 THEN t.available_at ELSE f.available_at END, \
+             finished_at = CASE WHEN f.status = 2 THEN $1 ELSE t.finished_at END, \
+             claimed_until = NULL, claim_token = NULL \
+             FROM unnest($2::uuid[], $3::text[], $4::smallint[], $5::bigint[]) AS f(id, error, status, available_at) \
+             WHERE t.id = f.id AND t.claim_token = $6 AND t.claimed_until > $1 AND t.status = 0",
+            t = self.table
+        );
+        let ids: Vec<Uuid> = failures.iter().map(|f| f.id.as_uuid()).collect();
+        let errors: Vec<String> = failures.iter().map(|f| truncate_error(&f.error)).collect();
+        let statuses: Vec<i16> = failures
+            .iter()
+            .map(|f| if f.disposition == Disposition::DeadLetter { status::DEAD } else { status::PENDING })
+            .collect();
+        let available: Vec<i64> = failures
+            .iter()
+            .map(|f| match f.disposition {
+                Disposition::RetryAfter(d) => now.saturating_add(duration_millis(d)),
+                Disposition::DeadLetter => now,
+            })
+            .collect();
+        let values: Vec<sea_orm::Value> =
+            vec![now.into(), ids.into(), errors.into(), statuses.into(), available.into(), lease.token.into()];
+        let stmt = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values);
+        self.db.execute_raw(stmt).await.map(|_| ()).map_err(|e| self.db_err(e))
+    }
+
+    pub(crate) fn decode(&self, row: &QueryResult) -> Result<Row> {
+        let e = |err: DbErr| self.db_err(err);
+        let id: Uuid = row.try_get("", "id").map_err(e)?;
+        let headers: String = row.try_get("", "headers").map_err(e)?;
+        let headers: Headers = serde_json::from_str(&headers).map_err(|err| {
+            Error::permanent(
+                self.backend(),
+                format!("message {id}: the headers column is not a JSON object of strings: {err}"),
+                Some(Box::new(err) as outbox_core::BoxError),
+            )
+        })?;
+        let attempts: i32 = row.try_get("", "attempts").map_err(e)?;
+        Ok(Row {
+            seq: row.try_get("", "seq").map_err(e)?,
+            finished_at: row.try_get("", "finished_at").map_err(e)?,
+            message: OutboxMessage {
+                id: MessageId(id),
+                topic: row.try_get("", "topic").map_err(e)?,
+                key: row.try_get("", "msg_key").map_err(e)?,
+                payload: row.try_get("", "payload").map_err(e)?,
+                headers,
+                created_at: row.try_get("", "created_at").map_err(e)?,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                last_error: row.try_get("", "last_error").map_err(e)?,
+            },
+        })
+    }
+}
+
+/// A decoded outbox row.
+pub(crate) struct Row {
+    seq: i64,
+    finished_at: Option<UnixMillis>,
+    message: OutboxMessage,
+}
+
+fn limit_value(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn truncate_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR_LEN {
+        return error.to_owned();
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    error[..end].to_owned()
+}
+
+fn age_since(now: UnixMillis, then: UnixMillis) -> Duration {
+    Duration::from_millis(u64::try_from(now.saturating_sub(then)).unwrap_or(0))
+}
+
+#[async_trait]
+impl OutboxStore for SqlStore {
+    /// Auto-commit enqueue: one statement (a transaction when MySQL/SQLite need several
+    /// statements for a very large batch), then the store's notifier, if any.
+    async fn enqueue(&self, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
+        let ids = if self.fits_one_insert(messages.len()) {
+            self.enqueue_in(&self.db, messages).await?
+        } else {
+            let txn = self.begin_write().await?;
+            let ids = self.enqueue_in(&txn, messages).await?;
+            txn.commit().await.map_err(|e| self.db_err(e))?;
+            ids
+        };
+        self.notify_committed(&ids).await;
+        Ok(ids)
+    }
+
+    async fn claim_ids(&self, ids: &[MessageId], lease: &Lease) -> Result<Vec<OutboxMessage>> {
+        let mut claimed = Vec::new();
+        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+            claimed.extend(self.claim(Pick::Ids(chunk), lease).await?);
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_due(&self, limit: usize, min_age: Duration, lease: &Lease) -> Result<Vec<OutboxMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let created_before = now_millis().saturating_sub(duration_millis(min_age));
+        self.claim(Pick::Due { created_before, limit }, lease).await
+    }
+
+    async fn complete(&self, ids: &[MessageId], lease: &Lease) -> Result<u64> {
+        let now = now_millis();
+        let mut done = 0;
+        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+            let mut q = Query::new(self.dialect);
+            match self.config.retention {
+                Retention::Delete => q.push("DELETE FROM ").push(&self.table).push(" WHERE "),
+                Retention::KeepPublished => q
+                    .push("UPDATE ")
+                    .push(&self.table)
+                    .push(" SET status = 1, finished_at = ")
+                    .bind(now)
+                    .push(", claimed_until = NULL, claim_token = NULL WHERE "),
+            };
+            q.uuid_in("id", chunk.iter().map(|id| id.as_uuid()));
+            Self::push_held_by(&mut q, lease, now);
+            done += self.execute(&self.db, q).await?;
+        }
+        Ok(done)
+    }
+
+    async fn fail(&self, failures: &[Failure], lease: &Lease) -> Result<()> {
+        let now = now_millis();
+        for chunk in failures.chunks(MAX_IDS_PER_STATEMENT / 4) {
+            self.fail_chunk(chunk, lease, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<OutboxStats> {
+        let now = now_millis();
+        let mut q = Query::new(self.dialect);
+        q.push("SELECT COUNT(CASE WHEN status = 0 THEN 1 END) AS pending, ")
+            .push("COUNT(CASE WHEN status = 0 AND claimed_until > ")
+            .bind(now)
+            .push(" THEN 1 END) AS claimed, COUNT(CASE WHEN status = 2 THEN 1 END) AS dead, ")
+            .push("MIN(CASE WHEN status = 0 THEN created_at END) AS oldest FROM ")
+            .push(&self.table)
+            .push(" WHERE status IN (0, 2)");
+        let rows = self.fetch(&self.db, q).await?;
+        let Some(row) = rows.first() else { return Ok(OutboxStats::default()) };
+        let count =
+            |col: &str| row.try_get::<i64>("", col).map(|n| u64::try_from(n).unwrap_or(0)).map_err(|e| self.db_err(e));
+        let oldest: Option<i64> = row.try_get("", "oldest").map_err(|e| self.db_err(e))?;
+        Ok(OutboxStats {
+            pending: count("pending")?,
+            claimed: count("claimed")?,
+            dead: count("dead")?,
+            oldest_pending_age: oldest.map(|c| age_since(now, c)),
+        })
+    }
+
+    async fn key_backlog(&self, limit: usize) -> Result<Vec<(String, u64)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut q = Query::new(self.dialect);
+        q.push("SELECT msg_key, COUNT(*) AS n FROM ")
+            .push(&self.table)
+            .push(" WHERE status = 0 AND msg_key IS NOT NULL GROUP BY msg_key ORDER BY n DESC, msg_key LIMIT ")
+            .bind(limit_value(limit));
+        self.fetch(&self.db, q)
+            .await?
+            .iter()
+            .map(|r| {
+                let key: String = r.try_get("", "msg_key")?;
+                let n: i64 = r.try_get("", "n")?;
+                Ok((key, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect::<std::result::Result<_, DbErr>>()
+            .map_err(|e| self.db_err(e))
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut q = Query::new(self.dialect);
+        q.push("SELECT ").push(MESSAGE_COLUMNS).push(" FROM ").push(&self.table).push(" WHERE status = 2");
+        if !query.ids.is_empty() {
+            q.push(" AND ").uuid_in("id", query.ids.iter().map(|id| id.as_uuid()));
+        }
+        if let Some(topic) = &query.topic {
+            q.push(" AND topic = ").bind(topic.clone());
+        }
+        q.push(" ORDER BY seq LIMIT ").bind(limit_value(query.limit));
+        self.fetch(&self.db, q)
+            .await?
+            .iter()
+            .map(|r| {
+                let row = self.decode(r)?;
+                Ok(DeadLetter { dead_at: row.finished_at.unwrap_or(0), message: row.message })
+            })
+            .collect()
+    }
+
+    async fn replay(&self, selector: &ReplaySelector) -> Result<u64> {
+        if matches!(selector, ReplaySelector::Ids(ids) if ids.is_empty()) {
+            return Ok(0);
+        }
+        let mut q = Query::new(self.dialect);
+        q.push("UPDATE ")
+            .push(&self.table)
+            .push(" SET status = 0, attempts = 0, available_at = ")
+            .bind(now_millis())
+            .push(", claimed_until = NULL, claim_token = NULL, finished_at = NULL WHERE status = 2");
+        match selector {
+            ReplaySelector::Ids(ids) => {
+                q.push(" AND ").uuid_in("id", ids.iter().map(|id| id.as_uuid()));
+            }
+            ReplaySelector::Topic(topic) => {
+                q.push(" AND topic = ").bind(topic.clone());
+            }
+            ReplaySelector::All => {}
+        }
+        self.execute(&self.db, q).await
+    }
+
+    async fn purge_dead(&self, older_than: Duration) -> Result<u64> {
+        let cutoff = now_millis().saturating_sub(duration_millis(older_than));
+        let mut q = Query::new(self.dialect);
+        q.push("DELETE FROM ").push(&self.table).push(" WHERE status = 2 AND finished_at <= ").bind(cutoff);
+        self.execute(&self.db, q).await
+    }
+
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let cutoff = now_millis().saturating_sub(duration_millis(older_than));
+        let mut q = Query::new(self.dialect);
+        q.push("DELETE FROM ").push(&self.table);
+        if self.dialect == Dialect::MySql {
+            // MySQL has no LIMIT in IN-subqueries, but DELETE takes ORDER BY … LIMIT.
+            q.push(" WHERE status = 1 AND finished_at <= ").bind(cutoff);
+        } else {
+            q.push(" WHERE seq IN (SELECT seq FROM ")
+                .push(&self.table)
+                .push(" WHERE status = 1 AND finished_at <= ")
+                .bind(cutoff);
+        }
+        q.push(" ORDER BY seq LIMIT ").bind(limit_value(limit));
+        if self.dialect != Dialect::MySql {
+            q.push(")");
+        }
+        self.execute(&self.db, q).await
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod explain_tests {
+    use outbox_core::testkit::{test_url, unique_suffix, unreachable_server};
+    use sea_orm::{Database, Statement};
+
+    use super::*;
+
+    const VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
+    const ROWS: i64 = 1_000_000;
+
+    async fn explain(store: &SqlStore, q: Query) -> String {
+        let mut stmt: Statement = q.build();
+        stmt.sql = format!("EXPLAIN {}", stmt.sql);
+        let rows = store.db.query_all_raw(stmt).await.unwrap();
+        rows.iter().map(|r| r.try_get_by_index::<String>(0).unwrap()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// On a million-row table, neither claim query reads the whole table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claim_queries_use_indexes_on_a_large_table() {
+        let url = test_url(VAR, "postgres://postgres@127.0.0.1:5432/test");
+        let db = match Database::connect(url.as_str()).await {
+            Ok(db) => db,
+            Err(e) => return unreachable_server(VAR, &url, e).unwrap_or(()),
+        };
+        let table = format!("outbox_explain_{}", unique_suffix());
+        let config = SqlStoreConfig::default().table(table.clone());
+        crate::migrate(&db, &config).await.unwrap();
+        let store = SqlStore::new(db, config).unwrap();
+
+        // 10 % keyless, the rest over 5,000 keys; 1 % dead letters.
+        let fill = format!(
+            "INSERT INTO {t} (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) \
+             SELECT gen_random_uuid(), 'bench', CASE WHEN g % 10 = 0 THEN NULL ELSE 'key-' || (g % 5000) END, \
+             '\\x00'::bytea, '{{}}', CASE WHEN g % 100 = 0 THEN 2 ELSE 0 END, 0, {now} - {ROWS} + g, {now} - {ROWS} + g \
+             FROM generate_series(1, {ROWS}) AS g",
+            t = store.table,
+            now = now_millis()
+        );
+        store.db.execute_unprepared(&fill).await.unwrap();
+        store.db.execute_unprepared(&format!("ANALYZE {}", store.table)).await.unwrap();
+
+        let lease = Lease::new(Duration::from_secs(30));
+        let now = now_millis();
+        let until = now + 30_000;
+        let due = store.claim_update(Pick::Due { created_before: now - 2_000, limit: 500 }, &lease, now, until);
+        let ids: Vec<MessageId> = (0..256).map(|_| MessageId::new()).collect();
+        let by_id = store.claim_update(Pick::Ids(&ids), &lease, now, until);
+        let plans = [("claim_due", explain(&store, due).await), ("claim_ids", explain(&store, by_id).await)];
+
+        store.db.execute_unprepared(&format!("DROP TABLE {}", store.table)).await.unwrap();
+        for (name, plan) in plans {
+            assert!(!plan.contains("Seq Scan"), "{name} scans the whole table:\n{plan}");
+            assert!(plan.contains("SKIP LOCKED") || plan.contains("LockRows"), "{name}:\n{plan}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = truncate_error(&long);
+        assert!(cut.len() <= MAX_ERROR_LEN && cut.len() >= MAX_ERROR_LEN - 1);
+        assert_eq!(truncate_error("short"), "short");
+    }
+}

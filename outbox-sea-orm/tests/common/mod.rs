@@ -1,0 +1,191 @@
+//! Shared test setup: real servers, one fresh table per test.
+// Each test crate uses a different part of this module.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use outbox_core::testkit::{test_url, unique_suffix, unreachable_server};
+use outbox_core::{MemoryStore, MessageId, NoticeStream, Notifier, OutboxStore, Retention};
+use outbox_sea_orm::{SqlStore, SqlStoreConfig, migrate};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+
+pub const POSTGRES_VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
+pub const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MYSQL_VAR: &str = "OUTBOX_TEST_MYSQL_URL";
+pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// Test tables and files older than this are dropped by later runs.
+const STALE_AFTER_SECS: u64 = 3600;
+const PREFIX: &str = "outbox_test_";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A unique table name that carries its creation time, so stale ones can be dropped.
+pub fn unique_table() -> String {
+    format!("{PREFIX}{}_{}", unix_secs(), unique_suffix())
+}
+
+fn is_stale(name: &str) -> bool {
+    let secs = name.strip_prefix(PREFIX).and_then(|rest| rest.split('_').next()).and_then(|s| s.parse::<u64>().ok());
+    secs.is_some_and(|s| s + STALE_AFTER_SECS < unix_secs())
+}
+
+pub fn url_of(backend: Backend) -> (&'static str, String) {
+    match backend {
+        Backend::Postgres => (POSTGRES_VAR, test_url(POSTGRES_VAR, POSTGRES_DEFAULT)),
+        Backend::MySql => (MYSQL_VAR, test_url(MYSQL_VAR, MYSQL_DEFAULT)),
+        Backend::Sqlite => ("", String::new()),
+    }
+}
+
+/// A pool on the backend's test server (SQLite: a new temp file), or `None` when the server
+/// is unreachable and the run is not strict.
+pub async fn connect(backend: Backend) -> Option<DatabaseConnection> {
+    if backend == Backend::Sqlite {
+        return Some(sqlite_file().await);
+    }
+    let (var, url) = url_of(backend);
+    let mut options = ConnectOptions::new(url.clone());
+    options.max_connections(8).acquire_timeout(Duration::from_secs(30)).sqlx_logging(false);
+    match Database::connect(options).await {
+        Ok(db) => {
+            drop_stale_tables(&db).await;
+            Some(db)
+        }
+        Err(e) => unreachable_server(var, &url, e),
+    }
+}
+
+/// A store on a fresh, migrated table.
+pub async fn store(backend: Backend, config: SqlStoreConfig) -> Option<SqlStore> {
+    let db = connect(backend).await?;
+    let config = config.table(unique_table());
+    migrate(&db, &config).await.expect("migrate");
+    Some(SqlStore::new(db, config).expect("valid store config"))
+}
+
+/// The conformance setup. When the server is unreachable (and the run is not strict) the
+/// skip notice is printed and the case runs on a `MemoryStore` instead.
+pub async fn conformance_store(backend: Backend, retention: Retention) -> Arc<dyn OutboxStore> {
+    match store(backend, SqlStoreConfig::default().retention(retention)).await {
+        Some(s) => Arc::new(s),
+        None => Arc::new(MemoryStore::with_retention(retention)),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn sqlite_file() -> DatabaseConnection {
+    let dir = std::env::temp_dir().join("outbox-sea-orm-tests");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    remove_stale_files(&dir);
+    let path = dir.join(format!("{}.db", unique_table()));
+    outbox_sea_orm::connect_sqlite(&path).await.expect("open sqlite file")
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn sqlite_file() -> DatabaseConnection {
+    unreachable!("SQLite tests need the `sqlite` feature")
+}
+
+async fn drop_stale_tables(db: &DatabaseConnection) {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'outbox\\_test\\_%'"
+        }
+        _ => {
+            "SELECT table_name AS name FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name LIKE 'outbox\\_test\\_%'"
+        }
+    };
+    let Ok(rows) = db.query_all_raw(Statement::from_string(backend, sql)).await else { return };
+    for row in rows {
+        let Ok(name) = row.try_get::<String>("", "name") else { continue };
+        if is_stale(&name) {
+            let quoted = if backend == DbBackend::MySql { format!("`{name}`") } else { format!("\"{name}\"") };
+            let _ = db.execute_unprepared(&format!("DROP TABLE IF EXISTS {quoted}")).await;
+        }
+    }
+}
+
+fn remove_stale_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(is_stale) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Records every `notify` call.
+#[derive(Debug, Default)]
+pub struct RecordingNotifier {
+    calls: Mutex<Vec<Vec<MessageId>>>,
+}
+
+impl RecordingNotifier {
+    pub fn calls(&self) -> Vec<Vec<MessageId>> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Notifier for RecordingNotifier {
+    async fn notify(&self, ids: &[MessageId]) {
+        self.calls.lock().unwrap().push(ids.to_vec());
+    }
+    async fn subscribe(&self) -> outbox_core::Result<NoticeStream> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+}
+
+/// Runs each named `async fn(SqlStore)` case once per compiled backend, on a fresh table.
+#[macro_export]
+macro_rules! per_backend {
+    ($($case:ident),* $(,)?) => {
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(store) = $crate::common::store($crate::common::Backend::Postgres, Default::default()).await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(store) = $crate::common::store($crate::common::Backend::MySql, Default::default()).await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(store) = $crate::common::store($crate::common::Backend::Sqlite, Default::default()).await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
