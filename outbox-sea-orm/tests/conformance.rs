@@ -11,7 +11,7 @@ mod postgres {
 
     use crate::common::{Backend, conformance_store};
 
-    async fn setup(retention: Retention) -> Arc<dyn OutboxStore> {
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
         conformance_store(Backend::Postgres, retention).await
     }
 
@@ -26,7 +26,7 @@ mod mysql {
 
     use crate::common::{Backend, conformance_store};
 
-    async fn setup(retention: Retention) -> Arc<dyn OutboxStore> {
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
         conformance_store(Backend::MySql, retention).await
     }
 
@@ -41,7 +41,7 @@ mod sqlite {
 
     use crate::common::{Backend, conformance_store};
 
-    async fn setup(retention: Retention) -> Arc<dyn OutboxStore> {
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
         conformance_store(Backend::Sqlite, retention).await
     }
 

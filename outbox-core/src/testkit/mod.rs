@@ -13,6 +13,24 @@ pub mod store;
 use std::future::Future;
 use std::time::Duration;
 
+/// What a conformance setup may return: the fixture, or `None` to skip the case.
+pub trait IntoFixture<T> {
+    /// The fixture, if the case should run.
+    fn into_fixture(self) -> Option<T>;
+}
+
+impl<T> IntoFixture<T> for T {
+    fn into_fixture(self) -> Option<T> {
+        Some(self)
+    }
+}
+
+impl<T> IntoFixture<T> for Option<T> {
+    fn into_fixture(self) -> Option<T> {
+        self
+    }
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
