@@ -1,0 +1,97 @@
+//! How a topic becomes a subject, and the JetStream bus settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::{Error, OutboxMessage, Result};
+
+/// Maps an outbox message to a NATS subject.
+#[derive(Clone, Default)]
+pub enum SubjectMapping {
+    /// The topic is the subject.
+    #[default]
+    Identity,
+    /// The subject is this prefix followed by the topic, e.g. `events.` + `users.registered`.
+    Prefix(String),
+    /// Any rule you like.
+    Custom(Arc<dyn Fn(&OutboxMessage) -> String + Send + Sync>),
+}
+
+impl fmt::Debug for SubjectMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Identity => f.write_str("Identity"),
+            Self::Prefix(p) => f.debug_tuple("Prefix").field(p).finish(),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+impl SubjectMapping {
+    /// The subject for `msg`.
+    pub fn subject(&self, msg: &OutboxMessage) -> String {
+        match self {
+            Self::Identity => msg.topic.clone(),
+            Self::Prefix(p) => format!("{p}{}", msg.topic),
+            Self::Custom(f) => f(msg),
+        }
+    }
+}
+
+/// Why `subject` cannot be published to, if it cannot: empty, whitespace, empty tokens or wildcards.
+pub fn invalid_subject(subject: &str) -> Option<String> {
+    if subject.is_empty() {
+        return Some("the subject is empty".into());
+    }
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!("subject `{subject}` contains whitespace"));
+    }
+    if subject.split('.').any(str::is_empty) {
+        return Some(format!("subject `{subject}` has an empty token (leading, trailing or double `.`)"));
+    }
+    if subject.split('.').any(|t| t == "*" || t == ">") {
+        return Some(format!("subject `{subject}` has a wildcard; publish subjects must be literal"));
+    }
+    None
+}
+
+#[cfg(feature = "jetstream")]
+/// JetStream bus settings. Defaults: [`SubjectMapping::Identity`], a window of 256 acks in
+/// flight, a 5 s ack timeout.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct JetStreamConfig {
+    /// Topic → subject rule.
+    pub subjects: SubjectMapping,
+    /// Publishes awaiting their ack at once (per batch). 1 to 65,536.
+    pub window: usize,
+    /// How long to wait for one ack before the message is retryable. Above 0.
+    pub ack_timeout: Duration,
+}
+
+#[cfg(feature = "jetstream")]
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self { subjects: SubjectMapping::Identity, window: 256, ack_timeout: Duration::from_secs(5) }
+    }
+}
+
+#[cfg(feature = "jetstream")]
+impl JetStreamConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=65_536).contains(&self.window) {
+            return Err(Error::config("nats.window", "must be between 1 and 65536"));
+        }
+        if self.ack_timeout.is_zero() {
+            return Err(Error::config("nats.ack_timeout", "must be above 0"));
+        }
+        if let SubjectMapping::Prefix(p) = &self.subjects
+            && let Some(reason) = invalid_subject(&format!("{p}x"))
+        {
+            return Err(Error::config("nats.subject_prefix", reason));
+        }
+        Ok(())
+    }
+}
