@@ -1,0 +1,91 @@
+//! Shared test setup: a connection to the test server and a stream probe.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::testkit::bus::{BusProbe, Received};
+use outbox_core::testkit::{test_url, unreachable_server};
+use outbox_core::{Headers, OutboxMessage};
+use outbox_redis::{PAYLOAD_FIELD, connect};
+use redis::Value;
+use redis::aio::ConnectionManager;
+
+pub const VAR: &str = "OUTBOX_TEST_REDIS_URL";
+
+pub fn url() -> String {
+    test_url(VAR, "redis://127.0.0.1:6379")
+}
+
+/// A connection, or `None` (skip) when the server is unreachable outside strict mode.
+pub async fn conn() -> Option<ConnectionManager> {
+    let url = url();
+    match connect(&url).await {
+        Ok(c) => Some(c),
+        Err(e) => unreachable_server(VAR, &url, e),
+    }
+}
+
+pub fn prefix() -> String {
+    format!("test:{}:", outbox_core::testkit::unique_suffix())
+}
+
+/// Every entry of `stream`, as payload + headers.
+pub async fn read(conn: &mut ConnectionManager, stream: &str) -> Vec<Received> {
+    let entries: Vec<Value> =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap_or_default();
+    entries
+        .into_iter()
+        .filter_map(|e| match e {
+            Value::Array(mut parts) if parts.len() == 2 => parts.pop(),
+            _ => None,
+        })
+        .map(|fields| {
+            let Value::Array(kv) = fields else { panic!("fields are an array") };
+            let mut payload = Vec::new();
+            let mut headers = Headers::new();
+            for pair in kv.chunks(2) {
+                let (Value::BulkString(k), Value::BulkString(v)) = (&pair[0], &pair[1]) else { continue };
+                let k = String::from_utf8_lossy(k).into_owned();
+                if k == PAYLOAD_FIELD {
+                    payload = v.clone();
+                } else {
+                    headers.insert(k, String::from_utf8_lossy(v).into_owned());
+                }
+            }
+            Received { payload, headers }
+        })
+        .collect()
+}
+
+pub struct StreamProbe {
+    pub conn: ConnectionManager,
+    pub stream: String,
+}
+
+#[async_trait]
+impl BusProbe for StreamProbe {
+    async fn received(&self, _topic: &str, n: usize, timeout: Duration) -> Vec<Received> {
+        let mut conn = self.conn.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = read(&mut conn, &self.stream).await;
+        while got.len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            got = read(&mut conn, &self.stream).await;
+        }
+        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&self.stream).query_async(&mut conn).await;
+        got
+    }
+}
+
+pub fn stored(msg: outbox_core::NewMessage) -> OutboxMessage {
+    OutboxMessage::from_new(msg, outbox_core::message::now_millis())
+}
+
+pub async fn xlen(conn: &mut ConnectionManager, stream: &str) -> u64 {
+    redis::cmd("XLEN").arg(stream).query_async(conn).await.unwrap()
+}
+
+pub async fn del(conn: &mut ConnectionManager, keys: &[&str]) {
+    let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query_async(conn).await;
+}

@@ -1,0 +1,31 @@
+//! The shared Bus contract on Redis Streams (with and without Lua dedup).
+
+mod common;
+
+use std::sync::Arc;
+
+use outbox_core::testkit::bus::BusFixture;
+use outbox_redis::{Dedup, RedisStreamsBus};
+
+async fn fixture(dedup: Dedup) -> Option<BusFixture> {
+    let conn = common::conn().await?;
+    let prefix = common::prefix();
+    let bus = RedisStreamsBus::builder(conn.clone()).stream_prefix(&prefix).dedup(dedup).build().await.expect("bus");
+    let topic = "conformance".to_owned();
+    let stream = format!("{prefix}{topic}");
+    Some(BusFixture { bus: Arc::new(bus), topic, probe: Box::new(common::StreamProbe { conn, stream }) })
+}
+
+mod plain {
+    async fn setup() -> Option<outbox_core::testkit::bus::BusFixture> {
+        super::fixture(outbox_redis::Dedup::Off).await
+    }
+    outbox_core::bus_conformance!(setup);
+}
+
+mod lua_dedup {
+    async fn setup() -> Option<outbox_core::testkit::bus::BusFixture> {
+        super::fixture(outbox_redis::Dedup::Lua).await
+    }
+    outbox_core::bus_conformance!(setup);
+}
