@@ -4,11 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use outbox::Retention;
+use outbox::redis::redis;
 use outbox::sea_orm::{SqlStore, SqlStoreConfig, connect_sqlite};
+use outbox::{Bus, Notifier, RelayConfig, Retention};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
-use crate::settings::Common;
+use crate::health::BrokerCheck;
+use crate::settings::{Common, RelaySettings};
+
+/// A bus and how to check that its broker is reachable.
+pub(crate) type BusAndCheck = (Arc<dyn Bus>, BrokerCheck);
 
 /// `scheme://user:secret@host` → `scheme://user:***@host`, for messages and logs.
 pub(crate) fn redact(url: &str) -> String {
@@ -52,23 +57,51 @@ pub(crate) async fn store(common: &Common) -> anyhow::Result<Arc<SqlStore>> {
     Ok(Arc::new(SqlStore::new(db, store_config(common, Retention::Delete, None))?))
 }
 
-pub(crate) async fn nats_bus(
-    _s: &crate::settings::RelaySettings,
-    _relay: &outbox::RelayConfig,
-) -> anyhow::Result<crate::commands::relay::BusAndCheck> {
-    anyhow::bail!("nats bus: TODO")
+/// Subject prefix (NATS) and stream-key prefix (Redis) unless set.
+const NATS_PREFIX: &str = "outbox.";
+const REDIS_PREFIX: &str = "outbox:";
+const NATS_NOTIFY_SUBJECT: &str = "outbox.notify";
+const REDIS_NOTIFY_CHANNEL: &str = "outbox:notify";
+
+pub(crate) async fn nats_bus(s: &RelaySettings, relay: &RelayConfig) -> anyhow::Result<BusAndCheck> {
+    let client = outbox::nats::connect(&s.nats_url).await?;
+    let prefix = s.prefix.as_deref().unwrap_or(NATS_PREFIX);
+    let bus = outbox::nats::JetStreamBus::builder(client.clone()).subject_prefix(prefix).build()?;
+    let spec = outbox::nats::StreamSpec::new(&s.stream, [format!("{prefix}>")]);
+    let stream = outbox::nats::ensure_stream(bus.context(), &spec)
+        .await
+        .with_context(|| format!("cannot set up JetStream stream `{}` at {}", s.stream, redact(&s.nats_url)))?;
+    // Only a warning: the relay still works, redeliveries may just escape dedup.
+    let _ = outbox::nats::check_duplicate_window(&stream, relay);
+    let check: BrokerCheck = Arc::new(move || {
+        let up = client.connection_state() == outbox::nats::async_nats::connection::State::Connected;
+        Box::pin(async move { if up { Ok(()) } else { Err("NATS is disconnected".to_owned()) } })
+    });
+    Ok((Arc::new(bus), check))
 }
 
-pub(crate) async fn redis_bus(
-    _s: &crate::settings::RelaySettings,
-) -> anyhow::Result<crate::commands::relay::BusAndCheck> {
-    anyhow::bail!("redis bus: TODO")
+pub(crate) async fn redis_bus(s: &RelaySettings) -> anyhow::Result<BusAndCheck> {
+    let conn = outbox::redis::connect(&s.redis_url).await?;
+    let prefix = s.prefix.as_deref().unwrap_or(REDIS_PREFIX);
+    let bus = outbox::redis::RedisStreamsBus::builder(conn.clone())
+        .stream_prefix(prefix)
+        .dedup(outbox::redis::Dedup::Lua)
+        .build()
+        .await?;
+    let check: BrokerCheck = Arc::new(move || {
+        let mut conn = conn.clone();
+        Box::pin(async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| format!("Redis: {e}"))
+        })
+    });
+    Ok((Arc::new(bus), check))
 }
 
-pub(crate) async fn nats_notifier(_s: &crate::settings::RelaySettings) -> anyhow::Result<Arc<dyn outbox::Notifier>> {
-    anyhow::bail!("nats notifier: TODO")
+pub(crate) async fn nats_notifier(s: &RelaySettings) -> anyhow::Result<Arc<dyn Notifier>> {
+    let client = outbox::nats::connect(&s.nats_url).await?;
+    Ok(Arc::new(outbox::nats::NatsNotifier::new(client, NATS_NOTIFY_SUBJECT)?))
 }
 
-pub(crate) async fn redis_notifier(_s: &crate::settings::RelaySettings) -> anyhow::Result<Arc<dyn outbox::Notifier>> {
-    anyhow::bail!("redis notifier: TODO")
+pub(crate) async fn redis_notifier(s: &RelaySettings) -> anyhow::Result<Arc<dyn Notifier>> {
+    Ok(Arc::new(outbox::redis::RedisNotifier::connect(&s.redis_url, REDIS_NOTIFY_CHANNEL).await?))
 }

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use outbox::{Bus, FallbackConfig, ListenerConfig, NoopNotifier, Notifier, OutboxStore, Relay, RelayConfig, Retention};
+use outbox::{FallbackConfig, ListenerConfig, NoopNotifier, Notifier, OutboxStore, Relay, RelayConfig, Retention};
 use sea_orm::DbBackend;
 
 use crate::backends::{self, redact};
 use crate::cli::{BusKind, NotifierKind, RetentionArg};
-use crate::health::{self, BrokerCheck};
+use crate::health;
 use crate::settings::{Common, RelaySettings};
 
 pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()> {
@@ -99,7 +99,3 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Unused until a bus is chosen; keeps the type in one place.
-#[allow(dead_code)]
-pub(crate) type BusAndCheck = (Arc<dyn Bus>, BrokerCheck);
