@@ -12,6 +12,8 @@ use crate::health;
 use crate::settings::{Common, RelaySettings};
 
 pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()> {
+    // Listen first: a SIGTERM during start-up then still means a clean exit.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let db = backends::connect_db(common).await?;
     let postgres = db.get_database_backend() == DbBackend::Postgres;
     let notifier_kind = s.notifier.unwrap_or(if postgres { NotifierKind::Postgres } else { NotifierKind::None });
@@ -56,7 +58,7 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
         notifier = ?notifier_kind,
         "relay running; SIGINT or SIGTERM stops it"
     );
-    wait_for_signal().await?;
+    wait_for_signal(&mut term).await?;
     tracing::info!("shutting down: draining in-flight batches");
     handle.shutdown().await?;
     if let Some(task) = health_task {
@@ -91,8 +93,7 @@ fn relay_config(s: &RelaySettings) -> anyhow::Result<RelayConfig> {
     Ok(config)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
         _ = term.recv() => {}

@@ -1,0 +1,362 @@
+//! Shared harness: real `outbox` processes, a Postgres outbox, a broker reader, and a TCP
+//! proxy that can cut a server off without touching the shared server itself.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use outbox::nats::async_nats;
+use outbox::sea_orm::{SqlStore, SqlStoreConfig, migrate};
+use outbox::testkit::{test_url, unique_suffix, unreachable_server};
+use outbox::{MessageId, NewMessage, OutboxStore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_outbox");
+
+pub fn pg_url() -> String {
+    test_url("OUTBOX_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+}
+pub fn nats_url() -> String {
+    test_url("OUTBOX_TEST_NATS_URL", "nats://127.0.0.1:4222")
+}
+pub fn redis_url() -> String {
+    test_url("OUTBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// Runs `outbox` to completion.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = assert_cmd::Command::cargo_bin("outbox").expect("outbox binary");
+    cmd.args(args).env_remove("DATABASE_URL").env_remove("NATS_URL").env_remove("REDIS_URL").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run outbox")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A Postgres outbox table of its own, migrated with the CLI.
+pub struct Db {
+    pub url: String,
+    pub table: String,
+    pub store: SqlStore,
+}
+
+impl Db {
+    /// `None` (skip) when Postgres is unreachable outside strict mode.
+    pub async fn new() -> Option<Self> {
+        let url = pg_url();
+        let db = match sea_orm::Database::connect(&url).await {
+            Ok(db) => db,
+            Err(e) => return unreachable_server("OUTBOX_TEST_POSTGRES_URL", &url, e),
+        };
+        let table = format!("cli_{}", unique_suffix());
+        let config = SqlStoreConfig::default().table(table.clone()).notify_channel(table.clone());
+        migrate(&db, &config).await.expect("migrate");
+        let store = SqlStore::new(db, config).expect("store");
+        Some(Self { url, table, store })
+    }
+
+    /// Enqueues `n` messages over `keys` keys in transactions of `per_tx`, returning the
+    /// ids per key in enqueue order.
+    pub async fn write(&self, topic: &str, n: usize, keys: usize, per_tx: usize) -> HashMap<String, Vec<MessageId>> {
+        let mut by_key: HashMap<String, Vec<MessageId>> = HashMap::new();
+        let mut batch = Vec::new();
+        for i in 0..n {
+            let key = format!("key-{}", i % keys);
+            let m = NewMessage::new(topic, format!("{{\"n\":{i}}}")).key(key.clone());
+            by_key.entry(key).or_default().push(m.id);
+            batch.push(m);
+            if batch.len() == per_tx || i + 1 == n {
+                self.store.enqueue(std::mem::take(&mut batch)).await.expect("enqueue");
+            }
+        }
+        by_key
+    }
+
+    pub async fn pending(&self) -> u64 {
+        self.store.stats().await.expect("stats").pending
+    }
+
+    pub async fn drop_table(&self) {
+        use sea_orm::ConnectionTrait;
+        let _ = self.store.connection().execute_unprepared(&format!("DROP TABLE IF EXISTS \"{}\"", self.table)).await;
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("DATABASE_URL", self.url.clone()), ("OUTBOX_TABLE", self.table.clone())]
+    }
+}
+
+/// A running `outbox relay`.
+pub struct RelayProcess {
+    pub child: Child,
+}
+
+impl RelayProcess {
+    pub fn start(env: &[(&str, String)], args: &[&str]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("relay").args(args).env_remove("DATABASE_URL").env_remove("NATS_URL").env_remove("REDIS_URL");
+        cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self { child: cmd.spawn().expect("start outbox relay") }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; returns the exit code and stderr.
+    pub async fn terminate(mut self) -> (Option<i32>, String) {
+        self.signal("-TERM");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status.code(), err);
+            }
+            assert!(tokio::time::Instant::now() < deadline, "relay did not exit within 20 s of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JetStream stream of its own plus a core-NATS tap that sees every publish, including
+/// the ones the stream's dedup drops.
+pub struct NatsSink {
+    pub client: async_nats::Client,
+    pub stream: String,
+    pub prefix: String,
+    tap: Arc<std::sync::Mutex<Vec<MessageId>>>,
+    tap_task: JoinHandle<()>,
+}
+
+impl NatsSink {
+    pub async fn new() -> Option<Self> {
+        let url = nats_url();
+        let client = match outbox::nats::connect(&url).await {
+            Ok(c) => c,
+            Err(e) => return unreachable_server("OUTBOX_TEST_NATS_URL", &url, e),
+        };
+        let suffix = unique_suffix();
+        let stream = format!("CLI_{suffix}");
+        let prefix = format!("cli{suffix}.");
+        let js = async_nats::jetstream::new(client.clone());
+        outbox::nats::ensure_stream(&js, &outbox::nats::StreamSpec::new(&stream, [format!("{prefix}>")]))
+            .await
+            .expect("stream");
+        let tap = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut sub = client.subscribe(format!("{prefix}>")).await.expect("tap");
+        client.flush().await.expect("flush");
+        let seen = tap.clone();
+        let tap_task = tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(m) = sub.next().await {
+                if let Some(id) = m.headers.as_ref().and_then(|h| h.get("Outbox-Message-Id")) {
+                    if let Ok(id) = id.as_str().parse() {
+                        seen.lock().unwrap().push(id);
+                    }
+                }
+            }
+        });
+        Some(Self { client, stream, prefix, tap, tap_task })
+    }
+
+    /// Every publish the tap saw (duplicates included).
+    pub fn publishes(&self) -> usize {
+        self.tap.lock().unwrap().len()
+    }
+
+    /// The stream's messages in stream order: (key, id).
+    pub async fn stored(&self) -> Vec<(String, MessageId)> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let stream = js.get_stream(&self.stream).await.expect("stream");
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("consumer");
+        let total = stream.cached_info().state.messages as usize;
+        let mut out = Vec::with_capacity(total);
+        use futures::StreamExt;
+        let mut messages = consumer.messages().await.expect("messages");
+        while out.len() < total {
+            let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await else { break };
+            let h = m.headers.as_ref().expect("headers");
+            let id = h.get("Outbox-Message-Id").expect("id").as_str().parse().expect("uuid");
+            let key = h.get("Outbox-Key").map(|k| k.as_str().to_owned()).unwrap_or_default();
+            out.push((key, id));
+        }
+        out
+    }
+
+    pub async fn count(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let mut stream = js.get_stream(&self.stream).await.expect("stream");
+        stream.info().await.expect("info").state.messages
+    }
+
+    pub async fn delete(self) {
+        self.tap_task.abort();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let _ = js.delete_stream(&self.stream).await;
+    }
+}
+
+/// What the consumer saw against what was committed.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub committed: usize,
+    pub delivered: usize,
+    pub lost: usize,
+    pub duplicates_seen: usize,
+    pub order_violations: usize,
+}
+
+impl Verdict {
+    pub fn of(committed: &HashMap<String, Vec<MessageId>>, received: &[(String, MessageId)]) -> Self {
+        let all: HashSet<MessageId> = committed.values().flatten().copied().collect();
+        let mut seen = HashSet::new();
+        let mut duplicates_seen = 0;
+        let mut per_key: HashMap<&str, Vec<MessageId>> = HashMap::new();
+        for (key, id) in received {
+            if !seen.insert(*id) {
+                duplicates_seen += 1;
+                continue;
+            }
+            per_key.entry(key.as_str()).or_default().push(*id);
+        }
+        let order_violations = committed
+            .iter()
+            .map(|(k, ids)| {
+                let got = per_key.get(k.as_str()).cloned().unwrap_or_default();
+                let expected: Vec<MessageId> = ids.iter().copied().filter(|id| seen.contains(id)).collect();
+                got.iter().zip(&expected).filter(|(a, b)| a != b).count()
+            })
+            .sum();
+        Self {
+            committed: all.len(),
+            delivered: seen.intersection(&all).count(),
+            lost: all.difference(&seen).count(),
+            duplicates_seen,
+            order_violations,
+        }
+    }
+}
+
+/// A TCP proxy in front of a server; `cut()` drops every connection and refuses new ones
+/// until `restore()`: an outage for the relay only, not for the shared server.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: (String, u16)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (u, g) = (up.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let target = target.clone();
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect((target.0.as_str(), target.1)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, up, generation, task }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `scheme://host:port/rest` → (host, port).
+pub fn host_port(url: &str) -> (String, u16) {
+    let rest = url.split("://").nth(1).expect("url");
+    let hostport = rest.split('/').next().unwrap();
+    let hostport = hostport.rsplit('@').next().unwrap();
+    let (h, p) = hostport.rsplit_once(':').expect("port");
+    (h.to_owned(), p.parse().expect("port number"))
+}
+
+/// `url` with its host and port replaced by 127.0.0.1:`port`.
+pub fn via(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let creds = authority.rsplit_once('@').map(|(c, _)| format!("{c}@")).unwrap_or_default();
+    let path = if path.is_empty() { String::new() } else { format!("/{path}") };
+    format!("{scheme}://{creds}127.0.0.1:{port}{path}")
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Scale of the reliability runs: `OUTBOX_RELIABILITY_SCALE=full` for the documented figures.
+pub fn full_scale() -> bool {
+    std::env::var("OUTBOX_RELIABILITY_SCALE").is_ok_and(|v| v == "full")
+}
