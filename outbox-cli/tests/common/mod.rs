@@ -178,10 +178,10 @@ impl NatsSink {
         let tap_task = tokio::spawn(async move {
             use futures::StreamExt;
             while let Some(m) = sub.next().await {
-                if let Some(id) = m.headers.as_ref().and_then(|h| h.get("Outbox-Message-Id")) {
-                    if let Ok(id) = id.as_str().parse() {
-                        seen.lock().unwrap().push(id);
-                    }
+                if let Some(Ok(id)) =
+                    m.headers.as_ref().and_then(|h| h.get("Outbox-Message-Id")).map(|id| id.as_str().parse())
+                {
+                    seen.lock().unwrap().push(id);
                 }
             }
         });
