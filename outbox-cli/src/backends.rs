@@ -66,13 +66,19 @@ const REDIS_NOTIFY_CHANNEL: &str = "outbox:notify";
 pub(crate) async fn nats_bus(s: &RelaySettings, relay: &RelayConfig) -> anyhow::Result<BusAndCheck> {
     let client = outbox::nats::connect(&s.nats_url).await?;
     let prefix = s.prefix.as_deref().unwrap_or(NATS_PREFIX);
-    let bus = outbox::nats::JetStreamBus::builder(client.clone()).subject_prefix(prefix).build()?;
-    let spec = outbox::nats::StreamSpec::new(&s.stream, [format!("{prefix}>")]);
-    let stream = outbox::nats::ensure_stream(bus.context(), &spec)
-        .await
-        .with_context(|| format!("cannot set up JetStream stream `{}` at {}", s.stream, redact(&s.nats_url)))?;
-    // Only a warning: the relay still works, redeliveries may just escape dedup.
-    let _ = outbox::nats::check_duplicate_window(&stream, relay);
+    // An ack should time out well before the claim expires, or slow acks turn into duplicates.
+    let ack_timeout = (relay.claim_ttl / 2).min(std::time::Duration::from_secs(5));
+    let bus =
+        outbox::nats::JetStreamBus::builder(client.clone()).subject_prefix(prefix).ack_timeout(ack_timeout).build()?;
+    // An empty stream name means the streams are managed elsewhere.
+    if !s.stream.is_empty() {
+        let spec = outbox::nats::StreamSpec::new(&s.stream, [format!("{prefix}>")]);
+        let stream = outbox::nats::ensure_stream(bus.context(), &spec)
+            .await
+            .with_context(|| format!("cannot set up JetStream stream `{}` at {}", s.stream, redact(&s.nats_url)))?;
+        // Only a warning: the relay still works, redeliveries may just escape dedup.
+        let _ = outbox::nats::check_duplicate_window(&stream, relay);
+    }
     let check: BrokerCheck = Arc::new(move || {
         let up = client.connection_state() == outbox::nats::async_nats::connection::State::Connected;
         Box::pin(async move { if up { Ok(()) } else { Err("NATS is disconnected".to_owned()) } })

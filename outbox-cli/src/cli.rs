@@ -87,7 +87,8 @@ pub(crate) struct RelayArgs {
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", value_parser = parse_url)]
     pub(crate) redis_url: Option<String>,
-    /// JetStream stream to create or check (NATS).
+    /// JetStream stream to create or check, taking `<prefix>>` (NATS). Empty: streams are
+    /// managed elsewhere and not touched.
     #[arg(long, env = "OUTBOX_STREAM")]
     pub(crate) stream: Option<String>,
     /// Prefix put before each topic to make the subject (NATS) or stream key (Redis).

@@ -159,6 +159,11 @@ pub struct NatsSink {
 
 impl NatsSink {
     pub async fn new() -> Option<Self> {
+        Self::taking(&[">"]).await
+    }
+
+    /// A sink whose stream takes only these subjects after the prefix (e.g. `orders`).
+    pub async fn taking(subjects: &[&str]) -> Option<Self> {
         let url = nats_url();
         let client = match outbox::nats::connect(&url).await {
             Ok(c) => c,
@@ -168,11 +173,16 @@ impl NatsSink {
         let stream = format!("CLI_{suffix}");
         let prefix = format!("cli{suffix}.");
         let js = async_nats::jetstream::new(client.clone());
-        outbox::nats::ensure_stream(&js, &outbox::nats::StreamSpec::new(&stream, [format!("{prefix}>")]))
+        let subjects: Vec<String> = subjects.iter().map(|s| format!("{prefix}{s}")).collect();
+        outbox::nats::ensure_stream(&js, &outbox::nats::StreamSpec::new(&stream, subjects.clone()))
             .await
             .expect("stream");
         let tap = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut sub = client.subscribe(format!("{prefix}>")).await.expect("tap");
+        // The tap listens where the stream does, and nowhere else: a core subscriber on other
+        // subjects would answer JetStream's "no responders" for them.
+        let taps =
+            futures::future::try_join_all(subjects.iter().map(|s| client.subscribe(s.clone()))).await.expect("tap");
+        let mut sub = futures::stream::select_all(taps);
         client.flush().await.expect("flush");
         let seen = tap.clone();
         let tap_task = tokio::spawn(async move {
