@@ -329,7 +329,9 @@ async fn bad_input_and_config_get_clear_errors_and_lose_nothing() {
         e.extend_from_slice(extra);
         e
     };
-    let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+    /// Name, arguments, environment, expected exit code, text the error must contain.
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
         ("batch size 0", vec!["relay", "--batch-size", "0"], with(&[]), 1, "batch"),
         ("claim ttl 0", vec!["relay", "--claim-ttl", "0s"], with(&[]), 1, "claim_ttl"),
         ("interval 0", vec!["relay", "--interval", "0s"], with(&[]), 1, "fallback.interval"),
