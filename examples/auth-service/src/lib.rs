@@ -1,0 +1,197 @@
+//! The auth service from the article this project grew from, made real: `POST /users`
+//! registers a user and enqueues `UserRegistered` in the same transaction; a relay in the same
+//! process publishes it to NATS JetStream or Redis Streams; `GET /outbox/status` shows the
+//! backlog.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outbox::sea_orm::{SqlStore, SqlStoreConfig, connect_sqlite, migrate};
+use outbox::{Bus, ChannelNotifier, NewMessage, OutboxEvent, OutboxStore, Relay, RelayHandle};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde::{Deserialize, Serialize};
+
+/// Where the service keeps its data and sends its events.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `sqlite://path`, `postgres://…` or `mysql://…`.
+    pub database_url: String,
+    /// The broker.
+    pub bus: BusSettings,
+    /// Outbox table name.
+    pub outbox_table: String,
+    /// Users table name.
+    pub users_table: String,
+}
+
+/// Which broker, and where.
+#[derive(Clone, Debug)]
+pub enum BusSettings {
+    /// JetStream.
+    Nats {
+        /// Server URL.
+        url: String,
+        /// Stream to create or check.
+        stream: String,
+        /// Subject prefix before each topic.
+        prefix: String,
+    },
+    /// Redis Streams.
+    Redis {
+        /// Server URL.
+        url: String,
+        /// Stream-key prefix before each topic.
+        prefix: String,
+    },
+}
+
+impl Settings {
+    /// From `DATABASE_URL` (default: a SQLite file), and `NATS_URL` or `REDIS_URL`.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let bus = match (var("NATS_URL"), var("REDIS_URL")) {
+            (Some(url), _) => BusSettings::Nats { url, stream: "AUTH".into(), prefix: "auth.".into() },
+            (None, Some(url)) => BusSettings::Redis { url, prefix: "auth:".into() },
+            (None, None) => return Err("set NATS_URL or REDIS_URL".into()),
+        };
+        Ok(Self {
+            database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://auth-service.db".into()),
+            bus,
+            outbox_table: var("OUTBOX_TABLE").unwrap_or_else(|| outbox::sea_orm::DEFAULT_TABLE.into()),
+            users_table: var("USERS_TABLE").unwrap_or_else(|| "users".into()),
+        })
+    }
+}
+
+/// The event, as consumers receive it (JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRegistered {
+    /// The new user's id.
+    pub user_id: String,
+    /// Their email.
+    pub email: String,
+}
+
+impl OutboxEvent for UserRegistered {
+    fn topic(&self) -> &str {
+        "users.registered"
+    }
+    fn key(&self) -> Option<String> {
+        Some(self.user_id.clone())
+    }
+}
+
+/// `POST /users` body.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Register {
+    /// Email address.
+    pub email: String,
+}
+
+#[derive(Clone)]
+struct App {
+    store: SqlStore,
+    users_table: String,
+}
+
+type ApiError = (StatusCode, String);
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn register(
+    State(app): State<App>,
+    Json(body): Json<Register>,
+) -> Result<(StatusCode, Json<UserRegistered>), ApiError> {
+    if !body.email.contains('@') {
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("`{}` is not an email address", body.email)));
+    }
+    let event = UserRegistered { user_id: uuid::Uuid::now_v7().to_string(), email: body.email };
+    let (table, row) = (app.users_table.clone(), event.clone());
+    // The user row and its event commit together; the relay is notified after commit.
+    app.store
+        .transaction(|txn| {
+            Box::pin(async move {
+                let insert = Statement::from_sql_and_values(
+                    txn.get_database_backend(),
+                    format!("INSERT INTO {table} (id, email) VALUES ({}, {})", ph(txn, 1), ph(txn, 2)),
+                    [row.user_id.clone().into(), row.email.clone().into()],
+                );
+                txn.execute_raw(insert).await.map_err(|e| outbox::Error::permanent("users", e.to_string(), None))?;
+                Ok::<_, outbox::Error>(((), vec![NewMessage::from_event(&row)?]))
+            })
+        })
+        .await
+        .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(event)))
+}
+
+fn ph(conn: &impl ConnectionTrait, n: usize) -> String {
+    match conn.get_database_backend() {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".into(),
+    }
+}
+
+async fn status(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = app.store.stats().await.map_err(internal)?;
+    Ok(Json(serde_json::json!({
+        "pending": s.pending,
+        "claimed": s.claimed,
+        "dead": s.dead,
+        "oldest_pending_age_seconds": s.oldest_pending_age.map(|d| d.as_secs_f64()),
+    })))
+}
+
+async fn connect(url: &str) -> outbox::Result<DatabaseConnection> {
+    match url.strip_prefix("sqlite://") {
+        Some(path) => connect_sqlite(path).await,
+        None => sea_orm::Database::connect(url)
+            .await
+            .map_err(|e| outbox::Error::temporary("database", format!("cannot reach {url}: {e}"), None)),
+    }
+}
+
+async fn bus(settings: &BusSettings) -> outbox::Result<Arc<dyn Bus>> {
+    Ok(match settings {
+        BusSettings::Nats { url, stream, prefix } => {
+            let bus = outbox::nats::JetStreamBus::builder(outbox::nats::connect(url).await?)
+                .subject_prefix(prefix)
+                .build()?;
+            outbox::nats::ensure_stream(bus.context(), &outbox::nats::StreamSpec::new(stream, [format!("{prefix}>")]))
+                .await?;
+            Arc::new(bus)
+        }
+        BusSettings::Redis { url, prefix } => Arc::new(
+            outbox::redis::RedisStreamsBus::builder(outbox::redis::connect(url).await?)
+                .stream_prefix(prefix)
+                .dedup(outbox::redis::Dedup::Lua)
+                .build()
+                .await?,
+        ),
+    })
+}
+
+/// Creates the schema, starts the relay and returns the HTTP routes.
+pub async fn start(settings: &Settings) -> outbox::Result<(Router, RelayHandle)> {
+    let db = connect(&settings.database_url).await?;
+    let id_type = if db.get_database_backend() == DbBackend::Sqlite { "TEXT" } else { "VARCHAR(36)" };
+    db.execute_unprepared(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (id {id_type} PRIMARY KEY, email VARCHAR(255) NOT NULL UNIQUE)",
+        settings.users_table
+    ))
+    .await
+    .map_err(|e| outbox::Error::permanent("users", e.to_string(), None))?;
+    let config = SqlStoreConfig::default().table(settings.outbox_table.clone());
+    migrate(&db, &config).await?;
+    let notifier = Arc::new(ChannelNotifier::new(4096));
+    let store = SqlStore::new(db, config)?.with_notifier(notifier.clone());
+    let relay = Relay::builder(Arc::new(store.clone()), bus(&settings.bus).await?).notifier(notifier).build()?.spawn();
+    let app = App { store, users_table: settings.users_table.clone() };
+    let routes = Router::new().route("/users", post(register)).route("/outbox/status", get(status)).with_state(app);
+    Ok((routes, relay))
+}
