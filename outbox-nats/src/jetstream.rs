@@ -108,7 +108,7 @@ impl JetStreamBus {
             Ok(ack) if ack.duplicate => PublishOutcome::Duplicate,
             Ok(_) => PublishOutcome::Published,
             Err(e) => match e.kind() {
-                PublishErrorKind::MaxPayloadExceeded => PublishOutcome::Permanent(format!("{e}: {}", source_text(&e))),
+                PublishErrorKind::MaxPayloadExceeded => PublishOutcome::Permanent(e.to_string()),
                 PublishErrorKind::StreamNotFound => self.no_stream(&subject).await,
                 PublishErrorKind::Other if jetstream_code(&e) == Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => {
                     PublishOutcome::Permanent(format!("the stream's max message size rejects it: {}", source_text(&e)))
