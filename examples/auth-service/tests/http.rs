@@ -130,7 +130,9 @@ async fn postgres_and_redis_each_event_once() {
     })
     .await;
     relay.shutdown().await.unwrap();
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
+    /// An XRANGE entry: its id and its field/value pairs.
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> =
         outbox::redis::redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
     let received: Vec<UserRegistered> = entries
         .iter()
