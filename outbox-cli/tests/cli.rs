@@ -266,3 +266,28 @@ async fn a_missing_table_says_to_run_migrate() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("migration"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_beat_environment_which_beats_the_config_file() {
+    let Some(db) = Db::new().await else { return };
+    let dir = std::env::temp_dir().join(format!("outbox-cli-{}", outbox::testkit::unique_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outbox.toml");
+    // The file names the real table; the environment then a missing one; the flag the real one again.
+    std::fs::write(&file, format!("database_url = \"{}\"\ntable = \"{}\"\n", db.url, db.table)).unwrap();
+    db.write("orders", 2, 1, 2).await;
+    let config = file.to_str().unwrap();
+    let from_file = run(&["--config", config, "status", "--json"], &[]);
+    assert!(stdout(&from_file).contains("\"pending\": 2"), "{}", stderr(&from_file));
+    let env_wins = run(&["--config", config, "status"], &[("OUTBOX_TABLE", "no_such_table_here")]);
+    assert!(stderr(&env_wins).contains("no_such_table_here"), "{}", stderr(&env_wins));
+    let flag_wins =
+        run(&["--config", config, "--table", &db.table, "status", "--json"], &[("OUTBOX_TABLE", "no_such_table_here")]);
+    assert!(stdout(&flag_wins).contains("\"pending\": 2"), "{}", stderr(&flag_wins));
+    std::fs::write(&file, "relay = 3\n").unwrap();
+    let bad = run(&["--config", config, "status"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("invalid config file"), "{}", stderr(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_table().await;
+}

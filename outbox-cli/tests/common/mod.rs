@@ -97,20 +97,34 @@ impl Db {
     }
 }
 
-/// A running `outbox relay`.
+/// A running `outbox relay`, with its stderr collected as it comes.
 pub struct RelayProcess {
     pub child: Child,
+    log: Arc<std::sync::Mutex<String>>,
 }
 
 impl RelayProcess {
     pub fn start(env: &[(&str, String)], args: &[&str]) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.arg("relay").args(args).env_remove("DATABASE_URL").env_remove("NATS_URL").env_remove("REDIS_URL");
-        cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self { child: cmd.spawn().expect("start outbox relay") }
+        let mut child = cmd.spawn().expect("start outbox relay");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        Self { child, log }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -121,18 +135,24 @@ impl RelayProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// SIGTERM, then waits (bounded) for a clean exit; returns the exit code and stderr.
+    /// Waits until the relay says it is running (its signal handlers are installed by then).
+    pub async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.log.lock().unwrap().contains("relay running") {
+            assert!(self.is_running(), "relay exited during start-up:\n{}", self.log.lock().unwrap());
+            assert!(tokio::time::Instant::now() < deadline, "relay not ready within 30 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Once ready, SIGTERM, then waits (bounded) for the exit; returns the exit code and log.
     pub async fn terminate(mut self) -> (Option<i32>, String) {
+        self.wait_ready().await;
         self.signal("-TERM");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                return (status.code(), err);
+                return (status.code(), self.log.lock().unwrap().clone());
             }
             assert!(tokio::time::Instant::now() < deadline, "relay did not exit within 20 s of SIGTERM");
             tokio::time::sleep(Duration::from_millis(20)).await;
