@@ -2,9 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+#[cfg(feature = "jetstream")]
 use std::time::Duration;
 
-use outbox_core::{Error, OutboxMessage, Result};
+use outbox_core::OutboxMessage;
+#[cfg(feature = "jetstream")]
+use outbox_core::{Error, Result};
 
 /// Maps an outbox message to a NATS subject.
 #[derive(Clone, Default)]
@@ -29,6 +32,11 @@ impl fmt::Debug for SubjectMapping {
 }
 
 impl SubjectMapping {
+    /// A [`SubjectMapping::Custom`] rule from a closure.
+    pub fn custom(rule: impl Fn(&OutboxMessage) -> String + Send + Sync + 'static) -> Self {
+        Self::Custom(Arc::new(rule))
+    }
+
     /// The subject for `msg`.
     pub fn subject(&self, msg: &OutboxMessage) -> String {
         match self {
@@ -58,7 +66,7 @@ pub fn invalid_subject(subject: &str) -> Option<String> {
 
 #[cfg(feature = "jetstream")]
 /// JetStream bus settings. Defaults: [`SubjectMapping::Identity`], a window of 256 acks in
-/// flight, a 5 s ack timeout.
+/// flight, a 5 s ack timeout, and a stream required for every subject.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct JetStreamConfig {
@@ -68,12 +76,24 @@ pub struct JetStreamConfig {
     pub window: usize,
     /// How long to wait for one ack before the message is retryable. Above 0.
     pub ack_timeout: Duration,
+    /// Whether a subject that no stream takes is a permanent failure (dead-lettered at once).
+    /// When `false` it is retryable, for setups that create their streams after the relay starts.
+    pub require_stream: bool,
 }
+
+#[cfg(feature = "jetstream")]
+/// The name the design notes use for [`JetStreamConfig`].
+pub type NatsBusConfig = JetStreamConfig;
 
 #[cfg(feature = "jetstream")]
 impl Default for JetStreamConfig {
     fn default() -> Self {
-        Self { subjects: SubjectMapping::Identity, window: 256, ack_timeout: Duration::from_secs(5) }
+        Self {
+            subjects: SubjectMapping::Identity,
+            window: 256,
+            ack_timeout: Duration::from_secs(5),
+            require_stream: true,
+        }
     }
 }
 
@@ -93,5 +113,26 @@ impl JetStreamConfig {
             return Err(Error::config("nats.subject_prefix", reason));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_checked_before_publishing() {
+        assert_eq!(invalid_subject("events.users.registered"), None);
+        for bad in ["", "a b", "a..b", ".a", "a.", "a.*", "a.>", "tab\there"] {
+            assert!(invalid_subject(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mappings_build_subjects() {
+        let msg = OutboxMessage::from_new(outbox_core::NewMessage::new("users.registered", "x"), 0);
+        assert_eq!(SubjectMapping::Identity.subject(&msg), "users.registered");
+        assert_eq!(SubjectMapping::Prefix("events.".into()).subject(&msg), "events.users.registered");
+        assert_eq!(SubjectMapping::custom(|m| format!("x.{}", m.topic)).subject(&msg), "x.users.registered");
     }
 }

@@ -11,25 +11,31 @@ use bytes::Bytes;
 use futures::StreamExt;
 use outbox_core::{Bus, OutboxMessage, PublishOutcome, Result};
 
-use crate::bus::nats_headers;
-use crate::config::{JetStreamConfig, SubjectMapping, invalid_subject};
+use crate::bus::{NATS_MSG_ID, oversized, prepare};
+use crate::config::{JetStreamConfig, SubjectMapping};
 
 /// Publishes to JetStream: pipelined (a window of acks in flight), with `Nats-Msg-Id` set to
 /// the outbox message id so the stream's duplicate window drops redeliveries.
+///
+/// Outcomes: an ack is `Published`, an ack flagged duplicate `Duplicate`; a timeout, a lost
+/// connection or JetStream not answering `Retryable`; a message over the server's
+/// `max_payload`, an invalid subject or header, or a subject no stream takes (with
+/// [`require_stream`](JetStreamBusBuilder::require_stream), the default) `Permanent`. Each
+/// fails alone: the rest of the batch still goes out.
 ///
 /// ```no_run
 /// # async fn run() -> outbox_core::Result<()> {
 /// use outbox_nats::{JetStreamBus, StreamSpec, connect, ensure_stream};
 ///
 /// let client = connect("nats://127.0.0.1:4222").await?;
-/// let js = async_nats::jetstream::new(client.clone());
-/// ensure_stream(&js, &StreamSpec::new("OUTBOX", ["events.>"])).await?;
-/// let bus = JetStreamBus::builder(client).subject_prefix("events.").build()?;
-/// # let _ = bus; Ok(()) }
+/// let bus = JetStreamBus::builder(client).subject_prefix("events.").window(512).build()?;
+/// ensure_stream(bus.context(), &StreamSpec::new("OUTBOX", ["events.>"])).await?;
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct JetStreamBus {
     js: jetstream::Context,
+    client: async_nats::Client,
     config: JetStreamConfig,
 }
 
@@ -52,14 +58,19 @@ impl JetStreamBusBuilder {
         self.config.subjects = mapping;
         self
     }
-    /// Acks in flight per batch (default 256).
+    /// Acks in flight per batch (default 256, 1 to 65,536).
     pub fn window(mut self, window: usize) -> Self {
         self.config.window = window;
         self
     }
-    /// Ack timeout per message (default 5 s).
+    /// Ack timeout per message (default 5 s, above 0).
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.config.ack_timeout = timeout;
+        self
+    }
+    /// Whether a subject no stream takes is permanent (default `true`) or retryable.
+    pub fn require_stream(mut self, required: bool) -> Self {
+        self.config.require_stream = required;
         self
     }
     /// Replaces all settings.
@@ -67,12 +78,12 @@ impl JetStreamBusBuilder {
         self.config = config;
         self
     }
-    /// Validates the settings.
+    /// Validates the settings; an error names the bad field (`nats.window`, ...).
     pub fn build(self) -> Result<JetStreamBus> {
         self.config.validate()?;
-        let mut js = jetstream::new(self.client);
+        let mut js = jetstream::new(self.client.clone());
         js.set_timeout(self.config.ack_timeout);
-        Ok(JetStreamBus { js, config: self.config })
+        Ok(JetStreamBus { js, client: self.client, config: self.config })
     }
 }
 
@@ -87,19 +98,24 @@ impl JetStreamBus {
         &self.js
     }
 
+    /// The settings it was built with.
+    pub fn config(&self) -> &JetStreamConfig {
+        &self.config
+    }
+
+    /// Sends `msg` and awaits its ack. [`Bus::publish`] keeps up to `window` of these running,
+    /// so the sends go out back to back and the acks come back pipelined.
     async fn publish_one(&self, msg: &OutboxMessage) -> PublishOutcome {
-        let subject = self.config.subjects.subject(msg);
-        if let Some(reason) = invalid_subject(&subject) {
-            return PublishOutcome::Permanent(reason);
-        }
-        let headers = match nats_headers(msg) {
-            Ok(h) => h,
+        let (subject, mut headers) = match prepare(&self.config.subjects, msg) {
+            Ok(prepared) => prepared,
             Err(reason) => return PublishOutcome::Permanent(reason),
         };
-        let publish = PublishMessage::build()
-            .payload(Bytes::copy_from_slice(&msg.payload))
-            .headers(headers)
-            .message_id(msg.id.to_string());
+        headers.insert(NATS_MSG_ID, msg.id.to_string().as_str());
+        // Checked here so that it fails alone, with a reason that names the limit.
+        if let Some(reason) = oversized(&self.client, &headers, &msg.payload) {
+            return PublishOutcome::Permanent(reason);
+        }
+        let publish = PublishMessage::build().payload(Bytes::copy_from_slice(&msg.payload)).headers(headers);
         let ack = match self.js.send_publish(subject.clone(), publish).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
@@ -108,7 +124,9 @@ impl JetStreamBus {
             Ok(ack) if ack.duplicate => PublishOutcome::Duplicate,
             Ok(_) => PublishOutcome::Published,
             Err(e) => match e.kind() {
-                PublishErrorKind::MaxPayloadExceeded => PublishOutcome::Permanent(e.to_string()),
+                PublishErrorKind::MaxPayloadExceeded => {
+                    PublishOutcome::Permanent(format!("over the server's max_payload size limit: {e}"))
+                }
                 PublishErrorKind::StreamNotFound => self.no_stream(&subject).await,
                 PublishErrorKind::Other if jetstream_code(&e) == Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => {
                     PublishOutcome::Permanent(format!("the stream's max message size rejects it: {}", source_text(&e)))
@@ -122,12 +140,18 @@ impl JetStreamBus {
     }
 
     /// "No responders" means no stream took the subject, or JetStream is not up yet (a server
-    /// restart). Only a confirmed "no stream has this subject" is permanent.
+    /// restart). Only a confirmed "no stream has this subject" is permanent, and only when
+    /// [`JetStreamConfig::require_stream`] is set.
     async fn no_stream(&self, subject: &str) -> PublishOutcome {
         use async_nats::jetstream::context::GetStreamByNameErrorKind as Kind;
         match self.js.stream_by_subject(subject).await {
-            Err(e) if matches!(e.kind(), Kind::NotFound) => PublishOutcome::Permanent(format!(
-                "no JetStream stream takes subject `{subject}`; create one (outbox_nats::ensure_stream) or change the subject mapping"
+            Err(e) if matches!(e.kind(), Kind::NotFound) && self.config.require_stream => {
+                PublishOutcome::Permanent(format!(
+                    "no JetStream stream takes subject `{subject}`; create one (outbox_nats::ensure_stream) or change the subject mapping"
+                ))
+            }
+            Err(e) if matches!(e.kind(), Kind::NotFound) => PublishOutcome::Retryable(format!(
+                "no JetStream stream takes subject `{subject}` yet (require_stream is off, so it waits for one)"
             )),
             _ => PublishOutcome::Retryable(format!("JetStream did not answer for `{subject}` (no responders)")),
         }

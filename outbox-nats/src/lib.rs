@@ -11,7 +11,7 @@ mod stream;
 
 pub use bus::{CoreNatsBus, NATS_MSG_ID, nats_headers};
 #[cfg(feature = "jetstream")]
-pub use config::JetStreamConfig;
+pub use config::{JetStreamConfig, NatsBusConfig};
 pub use config::{SubjectMapping, invalid_subject};
 pub use error::connect;
 #[cfg(feature = "jetstream")]

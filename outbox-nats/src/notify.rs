@@ -1,5 +1,7 @@
 //! A cross-process notifier on a core-NATS subject.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -8,36 +10,77 @@ use bytes::Bytes;
 use futures::StreamExt;
 use outbox_core::{Error, MessageId, Notice, NoticeStream, Notifier, Result};
 
+use crate::error::temporary;
+
 /// Counter: notices this notifier failed to send.
 pub const NOTIFY_ERRORS: &str = "outbox_nats_notify_errors_total";
 
+/// How often a subscription checks the client's connect count for a reconnect.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+
+/// The longest `notify` may hold up a writer; the fallback sweep covers a notice given up on.
+const SEND_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Wakes relays in other processes: `notify` publishes the committed ids (one message per
-/// transaction) on a subject; `subscribe` turns them into [`Notice::Committed`].
+/// transaction, one id per line) on a subject; `subscribe` turns them into
+/// [`Notice::Committed`], and an empty or unreadable payload into [`Notice::Wake`].
 ///
 /// Core NATS does not keep messages, so notices sent while a relay is disconnected are lost:
-/// after a reconnect the stream yields [`Notice::Wake`] and the relay sweeps.
+/// after the client reconnects (its connect count goes up; checked every 250 ms, so a quick
+/// reconnect is not missed) the stream yields [`Notice::Wake`] and the relay sweeps. When the
+/// subscription ends (the client was closed or drained) the stream ends, and the relay
+/// resubscribes. `notify` never fails or blocks the writer for long: errors are logged and
+/// counted ([`NatsNotifier::errors`], metric `outbox_nats_notify_errors_total`).
+///
+/// ```no_run
+/// # async fn run() -> outbox_core::Result<()> {
+/// use outbox_core::Notifier;
+/// use outbox_nats::{NatsNotifier, connect};
+///
+/// let notifier = NatsNotifier::new(connect("nats://127.0.0.1:4222").await?, "outbox.notify")?;
+/// notifier.notify(&[outbox_core::MessageId::new()]).await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct NatsNotifier {
     client: async_nats::Client,
     subject: String,
+    errors: Arc<AtomicU64>,
 }
 
 impl NatsNotifier {
-    /// A notifier on `subject` (e.g. `outbox.notify`).
+    /// A notifier on `subject` (e.g. `outbox.notify`); an invalid subject is a configuration
+    /// error (`nats.notify_subject`).
     pub fn new(client: async_nats::Client, subject: impl Into<String>) -> Result<Self> {
         let subject = subject.into();
         if let Some(reason) = crate::config::invalid_subject(&subject) {
             return Err(Error::config("nats.notify_subject", reason));
         }
-        Ok(Self { client, subject })
+        Ok(Self { client, subject, errors: Arc::default() })
+    }
+
+    /// Notices this notifier failed to send so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, reason: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(NOTIFY_ERRORS).increment(1);
+        tracing::warn!(subject = %self.subject, "NATS notice not sent ({reason}); the fallback sweep will publish");
+    }
+
+    /// One id per line; a bare wake-up when the ids would not fit the server's max payload.
+    fn payload(&self, ids: &[MessageId]) -> Bytes {
+        let payload: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        if payload.len() > self.client.max_payload() { Bytes::new() } else { Bytes::from(payload) }
     }
 }
 
 fn parse_ids(payload: &[u8]) -> Notice {
     let ids: Option<Vec<MessageId>> = std::str::from_utf8(payload)
         .ok()
-        .map(|s| s.split('\n').filter(|l| !l.is_empty()).map(|l| l.parse().ok()).collect::<Option<Vec<_>>>())
-        .unwrap_or(None);
+        .and_then(|s| s.split('\n').filter(|l| !l.is_empty()).map(|l| l.parse().ok()).collect());
     match ids {
         Some(ids) if !ids.is_empty() => Notice::Committed(ids),
         _ => Notice::Wake,
@@ -50,34 +93,47 @@ impl Notifier for NatsNotifier {
         if ids.is_empty() {
             return;
         }
-        let payload: String = ids.iter().map(|id| format!("{id}\n")).collect();
-        if let Err(e) = self.client.publish(self.subject.clone(), Bytes::from(payload)).await {
-            metrics::counter!(NOTIFY_ERRORS).increment(1);
-            tracing::warn!(error = %e, subject = %self.subject, "NATS notice not sent; the fallback will publish");
+        // While disconnected the client only buffers, and relays sweep after their reconnect.
+        if self.client.connection_state() != State::Connected {
+            return self.failed("not connected");
+        }
+        let send = self.client.publish(self.subject.clone(), self.payload(ids));
+        match tokio::time::timeout(SEND_TIMEOUT, send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed(e),
+            Err(_) => self.failed(format!("not queued within {SEND_TIMEOUT:?}")),
         }
     }
 
     async fn subscribe(&self) -> Result<NoticeStream> {
-        let sub = self.client.subscribe(self.subject.clone()).await.map_err(|e| {
-            Error::temporary("nats", format!("cannot subscribe to `{}`: {e}", self.subject), Some(Box::new(e) as _))
-        })?;
-        // Make sure the server knows the subscription before we report being subscribed.
-        let _ = self.client.flush().await;
-        let notices = sub.map(|m| Ok(parse_ids(&m.payload)));
-        // Notices sent while disconnected are gone: a reconnect triggers a sweep.
-        let client = self.client.clone();
-        let reconnects = futures::stream::unfold((client, true), |(client, mut was_up)| async move {
+        let sub = self
+            .client
+            .subscribe(self.subject.clone())
+            .await
+            .map_err(|e| temporary(format!("cannot subscribe to `{}`", self.subject), e))?;
+        // The server must know the subscription before we report being subscribed.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| temporary(format!("cannot confirm the subscription to `{}`", self.subject), e))?;
+        let notices = sub.map(|m| Some(Ok(parse_ids(&m.payload))));
+        let stats = self.client.statistics();
+        let connects = stats.connects.load(Ordering::Relaxed);
+        let reconnects = futures::stream::unfold((stats, connects), |(stats, seen)| async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let up = client.connection_state() == State::Connected;
-                let reconnected = up && !was_up;
-                was_up = up;
-                if reconnected {
-                    return Some((Ok(Notice::Wake), (client, was_up)));
+                tokio::time::sleep(RECONNECT_CHECK).await;
+                let now = stats.connects.load(Ordering::Relaxed);
+                if now != seen {
+                    return Some((Some(Ok(Notice::Wake)), (stats, now)));
                 }
             }
         });
-        Ok(Box::pin(futures::stream::select(notices, reconnects)))
+        // `None` marks the end of the subscription, which ends the whole stream.
+        let ended = futures::stream::once(async { None });
+        let merged = futures::stream::select(notices.chain(ended), reconnects)
+            .take_while(|n| futures::future::ready(n.is_some()))
+            .filter_map(futures::future::ready);
+        Ok(Box::pin(merged))
     }
 }
 
@@ -91,5 +147,6 @@ mod tests {
         assert_eq!(parse_ids(format!("{a}\n{b}\n").as_bytes()), Notice::Committed(vec![a, b]));
         assert_eq!(parse_ids(b""), Notice::Wake);
         assert_eq!(parse_ids(b"not-an-id"), Notice::Wake);
+        assert_eq!(parse_ids(&[0xff, 0xfe]), Notice::Wake);
     }
 }

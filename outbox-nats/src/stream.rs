@@ -35,8 +35,9 @@ impl StreamSpec {
     }
 }
 
-/// Creates the stream if it is missing; if it exists, checks it takes the spec's subjects.
-/// Returns the stream's configuration as the server holds it.
+/// Creates the stream if it is missing; if it exists, checks it takes the spec's subjects (and
+/// warns when its duplicate window is shorter than the spec's; it is left as is). Returns the
+/// stream's configuration as the server holds it, ready for [`check_duplicate_window`].
 pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<stream::Config> {
     let config = stream::Config {
         name: spec.name.clone(),
@@ -44,23 +45,27 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         duplicate_window: spec.duplicate_window,
         ..Default::default()
     };
-    let mut stream = js.get_or_create_stream(config).await.map_err(|e| {
-        Error::temporary("nats", format!("cannot create or read stream `{}`: {e}", spec.name), Some(Box::new(e) as _))
-    })?;
-    let info = stream.info().await.map_err(|e| {
-        Error::temporary("nats", format!("cannot read stream `{}`: {e}", spec.name), Some(Box::new(e) as _))
-    })?;
-    let missing: Vec<_> = spec.subjects.iter().filter(|s| !info.config.subjects.contains(s)).collect();
+    let stream = js.get_or_create_stream(config).await.map_err(|e| crate::error::stream_error(&spec.name, e))?;
+    let held = &stream.cached_info().config;
+    let missing: Vec<_> = spec.subjects.iter().filter(|s| !held.subjects.contains(s)).collect();
     if !missing.is_empty() {
         return Err(Error::config(
             "nats.stream",
             format!(
                 "stream `{}` exists but does not take subjects {missing:?} (it takes {:?})",
-                spec.name, info.config.subjects
+                spec.name, held.subjects
             ),
         ));
     }
-    Ok(info.config.clone())
+    if held.duplicate_window < spec.duplicate_window {
+        tracing::warn!(
+            stream = %spec.name,
+            held = ?held.duplicate_window,
+            wanted = ?spec.duplicate_window,
+            "the existing stream keeps a shorter duplicate window than asked for"
+        );
+    }
+    Ok(held.clone())
 }
 
 /// The duplicate window a relay needs: a redelivery can come up to `claim_ttl` plus the retry

@@ -54,11 +54,26 @@ async fn an_oversized_payload_fails_alone_and_permanently() {
     assert_eq!(outcomes[0], PublishOutcome::Published);
     assert_eq!(outcomes[2], PublishOutcome::Published);
     match &outcomes[1] {
-        PublishOutcome::Permanent(reason) => assert!(reason.contains("payload"), "{reason}"),
+        PublishOutcome::Permanent(reason) => assert!(reason.contains("max_payload size limit"), "{reason}"),
         other => panic!("expected a permanent failure, got {other:?}"),
     }
     assert_eq!(stream.count().await, 2);
     stream.delete().await;
+}
+
+#[tokio::test]
+async fn headers_count_toward_the_size_limit() {
+    let Some(client) = common::client().await else { return };
+    let max = client.server_info().max_payload;
+    let stream = TestStream::new(&client).await;
+    let bus = JetStreamBus::builder(client).build().unwrap();
+    let fits_alone = stored(NewMessage::new(stream.topic("a"), vec![b'x'; max - 10]));
+    let outcomes = bus.publish(&[fits_alone]).await;
+    stream.delete().await;
+    match &outcomes[0] {
+        PublishOutcome::Permanent(reason) => assert!(reason.contains("headers"), "{reason}"),
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -71,6 +86,40 @@ async fn a_subject_no_stream_takes_is_permanent_with_a_reason() {
         PublishOutcome::Permanent(reason) => assert!(reason.contains("no JetStream stream takes subject"), "{reason}"),
         other => panic!("expected a permanent failure, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn without_require_stream_a_missing_stream_is_retryable() {
+    let Some(client) = common::client().await else { return };
+    let bus = JetStreamBus::builder(client)
+        .subject_prefix("nostream.")
+        .require_stream(false)
+        .ack_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let m = stored(NewMessage::new(format!("later{}", outbox_core::testkit::unique_suffix()), "x"));
+    match &bus.publish(&[m]).await[0] {
+        PublishOutcome::Retryable(reason) => assert!(reason.contains("no JetStream stream takes subject"), "{reason}"),
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_custom_subject_mapping_routes_by_message() {
+    let Some(client) = common::client().await else { return };
+    let stream = TestStream::new(&client).await;
+    let prefix = stream.prefix.clone();
+    let bus = JetStreamBus::builder(client)
+        .subjects(SubjectMapping::custom(move |m| {
+            format!("{prefix}.{}.{}", m.topic, m.key.as_deref().unwrap_or("none"))
+        }))
+        .build()
+        .unwrap();
+    let m = stored(NewMessage::new("orders", "x").key("k1"));
+    assert_eq!(bus.publish(&[m]).await, vec![PublishOutcome::Published]);
+    let got = stream.read(1, WAIT).await;
+    stream.delete().await;
+    assert_eq!(got.len(), 1);
 }
 
 #[tokio::test]
@@ -94,8 +143,12 @@ async fn bad_bus_settings_name_their_field() {
     let Some(client) = common::client().await else { return };
     let err = JetStreamBus::builder(client.clone()).window(0).build().unwrap_err();
     assert!(err.to_string().contains("nats.window"), "{err}");
-    let err = JetStreamBus::builder(client).subject_prefix("bad prefix").build().unwrap_err();
+    let err = JetStreamBus::builder(client.clone()).ack_timeout(Duration::ZERO).build().unwrap_err();
+    assert!(err.to_string().contains("nats.ack_timeout"), "{err}");
+    let err = JetStreamBus::builder(client.clone()).subject_prefix("bad prefix").build().unwrap_err();
     assert!(err.to_string().contains("nats.subject_prefix"), "{err}");
+    let err = CoreNatsBus::new(client.clone(), SubjectMapping::Identity).timeout(Duration::ZERO).unwrap_err();
+    assert!(err.to_string().contains("nats.core_timeout"), "{err}");
     let err = outbox_nats::connect("http://nope").await.unwrap_err();
     assert!(err.to_string().contains("nats.url") || err.to_string().contains("http://nope"), "{err}");
     let err = outbox_nats::connect("nats://127.0.0.1:1").await.unwrap_err();
@@ -137,4 +190,28 @@ async fn core_nats_bus_delivers_a_batch_to_a_subscriber() {
     let first = &got[0];
     assert_eq!(first.payload.as_ref(), b"0");
     assert!(first.headers.as_ref().unwrap().get("Outbox-Message-Id").is_some());
+}
+
+#[tokio::test]
+async fn core_nats_bus_fails_an_oversized_message_alone() {
+    use futures::StreamExt;
+    let Some(client) = common::client().await else { return };
+    let max = client.server_info().max_payload;
+    let subject = format!("core{}", outbox_core::testkit::unique_suffix());
+    let mut sub = client.subscribe(format!("{subject}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let bus = CoreNatsBus::new(client, SubjectMapping::Prefix(format!("{subject}.")));
+    let batch = vec![
+        stored(NewMessage::new("t", "before")),
+        stored(NewMessage::new("t", vec![b'x'; max + 1])),
+        stored(NewMessage::new("t", "after")),
+    ];
+    let outcomes = bus.publish(&batch).await;
+    assert_eq!(outcomes[0], PublishOutcome::Published);
+    assert!(matches!(&outcomes[1], PublishOutcome::Permanent(r) if r.contains("max_payload")), "{outcomes:?}");
+    assert_eq!(outcomes[2], PublishOutcome::Published);
+    for expected in [&b"before"[..], b"after"] {
+        let m = tokio::time::timeout(WAIT, sub.next()).await.expect("a message").expect("subscription open");
+        assert_eq!(m.payload.as_ref(), expected);
+    }
 }

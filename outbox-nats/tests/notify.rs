@@ -8,6 +8,8 @@ use futures::StreamExt;
 use outbox_core::{MessageId, Notice, Notifier};
 use outbox_nats::NatsNotifier;
 
+const WAIT: Duration = Duration::from_secs(10);
+
 #[tokio::test]
 async fn a_notice_reaches_a_relay_on_another_connection() {
     let (Some(writer), Some(relay)) = (common::client().await, common::client().await) else { return };
@@ -17,9 +19,39 @@ async fn a_notice_reaches_a_relay_on_another_connection() {
     let sending = NatsNotifier::new(writer.clone(), &subject).unwrap();
     let ids = vec![MessageId::new(), MessageId::new()];
     sending.notify(&ids).await;
-    writer.flush().await.unwrap();
-    let notice =
-        tokio::time::timeout(Duration::from_secs(10), notices.next()).await.expect("a notice").unwrap().unwrap();
+    sending.notify(&[]).await; // nothing committed: nothing sent
+    let notice = tokio::time::timeout(WAIT, notices.next()).await.expect("a notice").unwrap().unwrap();
     assert_eq!(notice, Notice::Committed(ids));
+    assert_eq!(sending.errors(), 0);
     assert!(NatsNotifier::new(writer, "bad subject").is_err());
+}
+
+#[tokio::test]
+async fn an_empty_or_foreign_payload_is_a_plain_wake() {
+    let Some(client) = common::client().await else { return };
+    let subject = format!("notify{}", outbox_core::testkit::unique_suffix());
+    let mut notices = NatsNotifier::new(client.clone(), &subject).unwrap().subscribe().await.unwrap();
+    client.publish(subject.clone(), "hello".into()).await.unwrap();
+    client.publish(subject, "".into()).await.unwrap();
+    for _ in 0..2 {
+        let notice = tokio::time::timeout(WAIT, notices.next()).await.expect("a notice").unwrap().unwrap();
+        assert_eq!(notice, Notice::Wake);
+    }
+}
+
+#[tokio::test]
+async fn the_stream_ends_with_the_subscription_so_the_relay_resubscribes() {
+    let Some(client) = common::client().await else { return };
+    let subject = format!("notify{}", outbox_core::testkit::unique_suffix());
+    let mut notices = NatsNotifier::new(client.clone(), &subject).unwrap().subscribe().await.unwrap();
+    client.drain().await.unwrap();
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            if notices.next().await.is_none() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the notice stream must end when the subscription does");
 }

@@ -25,7 +25,7 @@ pub async fn client() -> Option<async_nats::Client> {
     }
 }
 
-/// A fresh stream taking `<prefix>.>`, deleted when dropped.
+/// A fresh stream taking `<prefix>.>`; each test deletes it at its end.
 pub struct TestStream {
     pub js: jetstream::Context,
     pub name: String,
@@ -81,6 +81,16 @@ impl TestStream {
 
 pub struct StreamProbe(pub TestStream);
 
+/// A case that never reads (the empty batch) still removes its stream.
+impl Drop for StreamProbe {
+    fn drop(&mut self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| handle.block_on(self.0.delete()));
+        }
+    }
+}
+
 #[async_trait]
 impl BusProbe for StreamProbe {
     async fn received(&self, _topic: &str, n: usize, timeout: Duration) -> Vec<Received> {
@@ -92,4 +102,68 @@ impl BusProbe for StreamProbe {
 
 pub fn stored(msg: outbox_core::NewMessage) -> OutboxMessage {
     OutboxMessage::from_new(msg, outbox_core::message::now_millis())
+}
+
+/// Where the outage tests find the server binary.
+pub const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// A private `nats-server -js` child on its own port and store dir, killed when dropped (also
+/// when the test panics). The shared server on 4222 is never touched.
+pub struct OwnServer {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+}
+
+impl OwnServer {
+    /// Starts one on a free port with a fresh store dir, or `None` (skip) without the binary.
+    pub async fn start() -> Option<Self> {
+        if !std::path::Path::new(NATS_SERVER).exists() {
+            return unreachable_server("NATS_SERVER", NATS_SERVER, "nats-server binary not found");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("outbox-nats-test-{}", unique_suffix()));
+        Some(Self::start_on(port, dir).await)
+    }
+
+    /// Starts one on `port` with the store in `dir` (a restart keeps the streams).
+    pub async fn start_on(port: u16, dir: std::path::PathBuf) -> Self {
+        let child = std::process::Command::new(NATS_SERVER)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let server = Self { child, port, dir };
+        outbox_core::testkit::eventually("nats-server to accept connections", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (an outage), keeping its store dir for a restart.
+    pub fn kill(mut self) -> (u16, std::path::PathBuf) {
+        self.stop();
+        (self.port, std::mem::take(&mut self.dir))
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
