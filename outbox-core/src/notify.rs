@@ -21,6 +21,31 @@ pub enum Notice {
     Wake,
 }
 
+impl Notice {
+    /// The wire form cross-process notifiers send: one id per line.
+    pub fn encode_ids(ids: &[MessageId]) -> String {
+        ids.iter().map(|id| format!("{id}\n")).collect()
+    }
+
+    /// Reads [`Notice::encode_ids`]'s form; anything else (empty, foreign) is a [`Notice::Wake`].
+    ///
+    /// ```
+    /// use outbox_core::{MessageId, Notice};
+    /// let id = MessageId::new();
+    /// assert_eq!(Notice::decode(Notice::encode_ids(&[id]).as_bytes()), Notice::Committed(vec![id]));
+    /// assert_eq!(Notice::decode(b"not an id"), Notice::Wake);
+    /// ```
+    pub fn decode(payload: &[u8]) -> Self {
+        let ids: Option<Vec<MessageId>> = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.split('\n').filter(|l| !l.is_empty()).map(|l| l.parse().ok()).collect());
+        match ids {
+            Some(ids) if !ids.is_empty() => Self::Committed(ids),
+            _ => Self::Wake,
+        }
+    }
+}
+
 /// The stream of notices a relay listens to. It ends, or yields an error, when the source
 /// disconnects; the listener then resubscribes and sweeps, so nothing waits for the fallback.
 pub type NoticeStream = BoxStream<'static, Result<Notice>>;

@@ -72,18 +72,8 @@ impl NatsNotifier {
 
     /// One id per line; a bare wake-up when the ids would not fit the server's max payload.
     fn payload(&self, ids: &[MessageId]) -> Bytes {
-        let payload: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        let payload = Notice::encode_ids(ids);
         if payload.len() > self.client.max_payload() { Bytes::new() } else { Bytes::from(payload) }
-    }
-}
-
-fn parse_ids(payload: &[u8]) -> Notice {
-    let ids: Option<Vec<MessageId>> = std::str::from_utf8(payload)
-        .ok()
-        .and_then(|s| s.split('\n').filter(|l| !l.is_empty()).map(|l| l.parse().ok()).collect());
-    match ids {
-        Some(ids) if !ids.is_empty() => Notice::Committed(ids),
-        _ => Notice::Wake,
     }
 }
 
@@ -94,7 +84,8 @@ impl Notifier for NatsNotifier {
             return;
         }
         // While disconnected the client only buffers, and relays sweep after their reconnect.
-        if self.client.connection_state() != State::Connected {
+        // (A client still finishing its first handshake reports `Pending`: that one may send.)
+        if self.client.connection_state() == State::Disconnected {
             return self.failed("not connected");
         }
         let send = self.client.publish(self.subject.clone(), self.payload(ids));
@@ -116,7 +107,7 @@ impl Notifier for NatsNotifier {
             .flush()
             .await
             .map_err(|e| temporary(format!("cannot confirm the subscription to `{}`", self.subject), e))?;
-        let notices = sub.map(|m| Some(Ok(parse_ids(&m.payload))));
+        let notices = sub.map(|m| Some(Ok(Notice::decode(&m.payload))));
         let stats = self.client.statistics();
         let connects = stats.connects.load(Ordering::Relaxed);
         let reconnects = futures::stream::unfold((stats, connects), |(stats, seen)| async move {
@@ -144,9 +135,9 @@ mod tests {
     #[test]
     fn payloads_parse_to_ids_or_wake() {
         let (a, b) = (MessageId::new(), MessageId::new());
-        assert_eq!(parse_ids(format!("{a}\n{b}\n").as_bytes()), Notice::Committed(vec![a, b]));
-        assert_eq!(parse_ids(b""), Notice::Wake);
-        assert_eq!(parse_ids(b"not-an-id"), Notice::Wake);
-        assert_eq!(parse_ids(&[0xff, 0xfe]), Notice::Wake);
+        assert_eq!(Notice::decode(format!("{a}\n{b}\n").as_bytes()), Notice::Committed(vec![a, b]));
+        assert_eq!(Notice::decode(b""), Notice::Wake);
+        assert_eq!(Notice::decode(b"not-an-id"), Notice::Wake);
+        assert_eq!(Notice::decode(&[0xff, 0xfe]), Notice::Wake);
     }
 }

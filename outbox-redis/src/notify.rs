@@ -42,23 +42,13 @@ impl RedisNotifier {
     }
 }
 
-fn parse_ids(payload: &[u8]) -> Notice {
-    let ids: Option<Vec<MessageId>> = std::str::from_utf8(payload)
-        .ok()
-        .and_then(|s| s.split('\n').filter(|l| !l.is_empty()).map(|l| l.parse().ok()).collect());
-    match ids {
-        Some(ids) if !ids.is_empty() => Notice::Committed(ids),
-        _ => Notice::Wake,
-    }
-}
-
 #[async_trait]
 impl Notifier for RedisNotifier {
     async fn notify(&self, ids: &[MessageId]) {
         if ids.is_empty() {
             return;
         }
-        let payload: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        let payload = Notice::encode_ids(ids);
         let mut conn = self.publisher.clone();
         let sent: redis::RedisResult<i64> =
             redis::cmd("PUBLISH").arg(&self.channel).arg(payload).query_async(&mut conn).await;
@@ -79,7 +69,7 @@ impl Notifier for RedisNotifier {
             .await
             .map_err(|e| map_err(format_args!("cannot subscribe to `{}`", self.channel), e))?;
         // The stream ends when the connection drops; the relay then resubscribes and sweeps.
-        Ok(Box::pin(pubsub.into_on_message().map(|m| Ok(parse_ids(m.get_payload_bytes())))))
+        Ok(Box::pin(pubsub.into_on_message().map(|m| Ok(Notice::decode(m.get_payload_bytes())))))
     }
 }
 
@@ -90,8 +80,8 @@ mod tests {
     #[test]
     fn payloads_parse_to_ids_or_wake() {
         let a = MessageId::new();
-        assert_eq!(parse_ids(format!("{a}\n").as_bytes()), Notice::Committed(vec![a]));
-        assert_eq!(parse_ids(b""), Notice::Wake);
-        assert_eq!(parse_ids(b"garbage"), Notice::Wake);
+        assert_eq!(Notice::decode(format!("{a}\n").as_bytes()), Notice::Committed(vec![a]));
+        assert_eq!(Notice::decode(b""), Notice::Wake);
+        assert_eq!(Notice::decode(b"garbage"), Notice::Wake);
     }
 }
