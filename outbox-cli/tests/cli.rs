@@ -86,24 +86,7 @@ async fn relay_to_redis_drains_on_sigterm_and_loses_nothing() {
     let (code, err) = relay.terminate().await;
     assert_eq!(code, Some(0), "{err}");
     let stream = format!("{prefix}orders");
-    let entries: Vec<outbox::redis::redis::Value> =
-        outbox::redis::redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    let mut received = Vec::new();
-    for e in entries {
-        let outbox::redis::redis::Value::Array(parts) = e else { continue };
-        let outbox::redis::redis::Value::Array(fields) = &parts[1] else { continue };
-        let get = |name: &str| {
-            fields.chunks(2).find_map(|kv| match (&kv[0], &kv[1]) {
-                (outbox::redis::redis::Value::BulkString(k), outbox::redis::redis::Value::BulkString(v))
-                    if k == name.as_bytes() =>
-                {
-                    Some(String::from_utf8_lossy(v).into_owned())
-                }
-                _ => None,
-            })
-        };
-        received.push((get("Outbox-Key").unwrap(), get("Outbox-Message-Id").unwrap().parse().unwrap()));
-    }
+    let received = common::redis_stream(&mut conn, &stream).await;
     let verdict = common::Verdict::of(&committed, &received);
     assert_eq!((verdict.lost, verdict.duplicates_seen, verdict.order_violations), (0, 0, 0), "{verdict:?}");
     let _: i64 = outbox::redis::redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();

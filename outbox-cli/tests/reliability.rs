@@ -213,26 +213,7 @@ async fn redis_outage_loses_nothing() {
     assert!(relay.is_running(), "the relay survived the outage");
     relay.terminate().await;
     let stream = format!("{prefix}orders");
-    let entries: Vec<outbox::redis::redis::Value> =
-        outbox::redis::redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    let received: Vec<(String, MessageId)> = entries
-        .iter()
-        .filter_map(|e| {
-            let outbox::redis::redis::Value::Array(parts) = e else { return None };
-            let outbox::redis::redis::Value::Array(f) = &parts[1] else { return None };
-            let field = |name: &str| {
-                f.chunks(2).find_map(|kv| match (&kv[0], &kv[1]) {
-                    (outbox::redis::redis::Value::BulkString(k), outbox::redis::redis::Value::BulkString(v))
-                        if k == name.as_bytes() =>
-                    {
-                        Some(String::from_utf8_lossy(v).into_owned())
-                    }
-                    _ => None,
-                })
-            };
-            Some((field("Outbox-Key")?, field("Outbox-Message-Id")?.parse().ok()?))
-        })
-        .collect();
+    let received = common::redis_stream(&mut conn, &stream).await;
     let verdict = Verdict::of(&committed, &received);
     row(&format!("Redis outage {:?}", outage()), &verdict, verdict.duplicates_seen, drain);
     assert_eq!((verdict.lost, verdict.duplicates_seen, verdict.order_violations), (0, 0, 0), "{verdict:?}");

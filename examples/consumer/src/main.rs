@@ -48,7 +48,7 @@ fn show(id: &str, key: &str, traceparent: &str, payload: &[u8]) {
 
 async fn nats(url: &str, stream: &str, durable: &str, max: usize) -> Result<(), Box<dyn std::error::Error>> {
     let client = async_nats::connect(url).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let consumer = js
         .get_stream(stream)
         .await?
@@ -64,6 +64,8 @@ async fn nats(url: &str, stream: &str, durable: &str, max: usize) -> Result<(), 
         show(&header("Outbox-Message-Id"), &header("Outbox-Key"), &header("traceparent"), &msg.payload);
         msg.ack().await.map_err(|e| e.to_string())?;
     }
+    // Acks are queued, not awaited: flush so the last ones reach the server before exit.
+    client.flush().await?;
     Ok(())
 }
 

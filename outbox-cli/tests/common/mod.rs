@@ -390,3 +390,29 @@ where
 pub fn full_scale() -> bool {
     std::env::var("OUTBOX_RELIABILITY_SCALE").is_ok_and(|v| v == "full")
 }
+
+/// Every entry of a Redis stream as (key, id), in stream order.
+pub async fn redis_stream(
+    conn: &mut outbox::redis::redis::aio::ConnectionManager,
+    stream: &str,
+) -> Vec<(String, MessageId)> {
+    use outbox::redis::redis::{self, Value};
+    let entries: Vec<Value> =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.expect("XRANGE");
+    entries
+        .iter()
+        .filter_map(|e| {
+            let Value::Array(parts) = e else { return None };
+            let Value::Array(fields) = parts.get(1)? else { return None };
+            let field = |name: &str| {
+                fields.chunks(2).find_map(|kv| match (&kv[0], &kv[1]) {
+                    (Value::BulkString(k), Value::BulkString(v)) if k == name.as_bytes() => {
+                        Some(String::from_utf8_lossy(v).into_owned())
+                    }
+                    _ => None,
+                })
+            };
+            Some((field("Outbox-Key")?, field("Outbox-Message-Id")?.parse().ok()?))
+        })
+        .collect()
+}
