@@ -1,15 +1,26 @@
 //! The Redis Streams bus: one pipelined round trip of XADDs per batch.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use async_trait::async_trait;
 use outbox_core::{Bus, OutboxMessage, PublishOutcome, Result};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionManager;
 use redis::{ServerErrorKind, Value};
 
-use crate::config::{Dedup, DedupMode, RedisBusConfig, StreamMapping, dedup_key};
-use crate::error::map_err;
+use crate::config::{Dedup, DedupMode, IDMP_MAX_SIZE, RedisBusConfig, StreamMapping, dedup_key};
+use crate::error::{connect_with_timeouts, map_err, timed_out};
 
 /// The field that holds the payload; every broker header is a field of its own name.
 pub const PAYLOAD_FIELD: &str = "payload";
+
+/// The IDMP producer id: the outbox message id alone identifies a message.
+const IDMP_PRODUCER: &str = "outbox";
+
+/// A consumer group created and destroyed at once, only to create an empty stream that
+/// `XCFGSET` can configure before the first entry goes in.
+const INIT_GROUP: &str = "outbox-idmp-init";
 
 /// `SET NX PX` on the dedup key, then `XADD` only if the key was new; an `XADD` error removes
 /// the key again so a retry is not mistaken for a duplicate.
@@ -35,16 +46,34 @@ enum Conn {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+impl Conn {
+    /// Runs `pipe` (keys of one slot on a cluster) with every server error kept per command.
+    async fn pipeline(&self, pipe: &redis::Pipeline, within: Duration) -> Result<Vec<Value>> {
+        let reply = match self.clone() {
+            Conn::Single(mut c) => tokio::time::timeout(within, pipe.query_async(&mut c)).await,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(mut c) => tokio::time::timeout(within, pipe.query_async(&mut c)).await,
+        };
+        reply.map_err(|_| timed_out("Redis pipeline", within))?.map_err(|e| map_err("Redis pipeline", e))
+    }
+}
+
 /// Publishes batches to Redis Streams as one pipeline per batch (per hash slot on a
 /// cluster). Fields: `payload`, plus one field per broker header (`Outbox-Message-Id`,
 /// `Outbox-Topic`, `Outbox-Key`, and the message's own headers).
 ///
 /// ```no_run
 /// # async fn run() -> outbox_core::Result<()> {
-/// use outbox_redis::{Dedup, RedisStreamsBus, connect};
+/// use std::time::Duration;
+/// use outbox_redis::{Dedup, RedisStreamsBus};
 ///
-/// let conn = connect("redis://127.0.0.1:6379").await?;
-/// let bus = RedisStreamsBus::builder(conn).stream_prefix("events:").max_len(1_000_000).dedup(Dedup::Lua).build().await?;
+/// let bus = RedisStreamsBus::from_url("redis://127.0.0.1:6379")
+///     .stream_prefix("events:")
+///     .max_len(1_000_000)
+///     .dedup(Dedup::IdmpOrLua)
+///     .response_timeout(Duration::from_secs(2))
+///     .build()
+///     .await?;
 /// # let _ = bus; Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -53,6 +82,8 @@ pub struct RedisStreamsBus {
     config: RedisBusConfig,
     mode: DedupMode,
     script: redis::Script,
+    /// Streams whose IDMP settings are known to be in place.
+    idmp_ready: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for RedisStreamsBus {
@@ -64,11 +95,16 @@ impl std::fmt::Debug for RedisStreamsBus {
     }
 }
 
+enum Source {
+    Conn(Conn),
+    Url(String),
+}
+
 /// Settings for a [`RedisStreamsBus`]; [`build`](RedisBusBuilder::build) validates them and
 /// detects the server's dedup support.
 #[must_use]
 pub struct RedisBusBuilder {
-    conn: Conn,
+    source: Source,
     config: RedisBusConfig,
 }
 
@@ -94,8 +130,18 @@ impl RedisBusBuilder {
         self
     }
     /// How long ids are remembered for dedup (default 10 minutes).
-    pub fn dedup_window(mut self, window: std::time::Duration) -> Self {
+    pub fn dedup_window(mut self, window: Duration) -> Self {
         self.config.dedup_window = window;
+        self
+    }
+    /// Longest wait for a batch's replies (default 5 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.config.response_timeout = timeout;
+        self
+    }
+    /// Longest wait for a connection when the bus connects itself (default 5 s).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connection_timeout = timeout;
         self
     }
     /// Replaces all settings.
@@ -104,40 +150,57 @@ impl RedisBusBuilder {
         self
     }
 
-    /// Validates the settings, reads the server version and logs the dedup mode chosen.
+    /// Validates the settings, connects (for [`RedisStreamsBus::from_url`]), reads the server
+    /// version (`INFO server`) and logs the dedup mode chosen.
     pub async fn build(self) -> Result<RedisStreamsBus> {
-        self.config.validate()?;
-        let version = server_version(&self.conn).await?;
-        let idmp = version >= (8, 6);
-        let mode = match self.config.dedup {
-            Dedup::Off => DedupMode::None,
-            Dedup::Lua => DedupMode::Lua,
-            Dedup::Auto if idmp => DedupMode::Idmp,
-            Dedup::Auto => DedupMode::None,
-        };
-        tracing::info!(
-            server = %format!("{}.{}", version.0, version.1),
-            ?mode,
-            "redis streams bus ready{}",
-            if mode == DedupMode::None && self.config.dedup == Dedup::Auto {
-                "; no broker dedup on this server (Redis < 8.6): use Dedup::Lua to drop redeliveries"
-            } else {
-                ""
+        let config = self.config;
+        config.validate()?;
+        let conn = match self.source {
+            Source::Conn(c) => c,
+            Source::Url(url) => {
+                Conn::Single(connect_with_timeouts(&url, config.connection_timeout, config.response_timeout).await?)
             }
-        );
+        };
+        let version = server_version(&conn, config.response_timeout).await?;
+        let mode = choose_mode(config.dedup, version);
         let script = redis::Script::new(DEDUP_SCRIPT);
-        Ok(RedisStreamsBus { conn: self.conn, config: self.config, mode, script })
+        if mode == DedupMode::Lua {
+            // Saves the first batch a NOSCRIPT round trip; a restarted server is handled in `send`.
+            let mut load = redis::pipe();
+            load.cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT);
+            conn.pipeline(&load, config.response_timeout).await?;
+        }
+        let server = format!("{}.{}", version.0, version.1);
+        if mode == DedupMode::None && config.dedup == Dedup::Auto {
+            tracing::info!(%server, ?mode, "redis streams bus ready; no broker dedup (IDMP needs Redis >= 8.6): use Dedup::Lua or Dedup::IdmpOrLua to drop redeliveries");
+        } else {
+            tracing::info!(%server, ?mode, "redis streams bus ready");
+        }
+        Ok(RedisStreamsBus { conn, config, mode, script, idmp_ready: Arc::default() })
     }
 }
 
-async fn server_version(conn: &Conn) -> Result<(u32, u32)> {
-    let info: String = match conn.clone() {
-        Conn::Single(mut c) => redis::cmd("INFO").arg("server").query_async(&mut c).await,
-        #[cfg(feature = "cluster")]
-        Conn::Cluster(mut c) => redis::cmd("INFO").arg("server").query_async(&mut c).await,
+fn choose_mode(dedup: Dedup, version: (u32, u32)) -> DedupMode {
+    let idmp = version >= (8, 6);
+    match dedup {
+        Dedup::Off => DedupMode::None,
+        Dedup::Lua => DedupMode::Lua,
+        Dedup::Auto | Dedup::IdmpOrLua if idmp => DedupMode::Idmp,
+        Dedup::Auto => DedupMode::None,
+        Dedup::IdmpOrLua => DedupMode::Lua,
     }
-    .map_err(|e| map_err("cannot read the Redis server version", e))?;
-    Ok(parse_version(&info))
+}
+
+async fn server_version(conn: &Conn, within: Duration) -> Result<(u32, u32)> {
+    let mut info = redis::pipe();
+    info.cmd("INFO").arg("server");
+    let reply = conn.pipeline(&info, within).await?;
+    let text = match reply.into_iter().next() {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Some(Value::VerbatimString { text, .. }) => text,
+        _ => String::new(),
+    };
+    Ok(parse_version(&text))
 }
 
 fn parse_version(info: &str) -> (u32, u32) {
@@ -146,7 +209,8 @@ fn parse_version(info: &str) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// A message ready to send: its stream key and XADD fields, or why it cannot be sent.
+/// A message ready to send: its place in the batch, stream key and XADD fields.
+#[derive(Clone)]
 struct Prepared {
     index: usize,
     stream: String,
@@ -155,20 +219,32 @@ struct Prepared {
 }
 
 impl RedisStreamsBus {
-    /// Starts building a bus on a single-node connection.
+    /// Starts building a bus on a single-node connection (see [`crate::connect`]).
     pub fn builder(conn: ConnectionManager) -> RedisBusBuilder {
-        RedisBusBuilder { conn: Conn::Single(conn), config: RedisBusConfig::default() }
+        RedisBusBuilder { source: Source::Conn(Conn::Single(conn)), config: RedisBusConfig::default() }
     }
 
-    /// Starts building a bus on a Redis Cluster connection.
+    /// Starts building a bus that connects to `url` itself, with the builder's connection
+    /// and response timeouts; a malformed URL is a configuration error (`redis.url`).
+    pub fn from_url(url: impl Into<String>) -> RedisBusBuilder {
+        RedisBusBuilder { source: Source::Url(url.into()), config: RedisBusConfig::default() }
+    }
+
+    /// Starts building a bus on a Redis Cluster connection (set its timeouts on the
+    /// `ClusterClientBuilder`; the bus's response timeout bounds each pipeline as well).
     #[cfg(feature = "cluster")]
     pub fn cluster_builder(conn: redis::cluster_async::ClusterConnection) -> RedisBusBuilder {
-        RedisBusBuilder { conn: Conn::Cluster(conn), config: RedisBusConfig::default() }
+        RedisBusBuilder { source: Source::Conn(Conn::Cluster(conn)), config: RedisBusConfig::default() }
     }
 
     /// The dedup mode chosen at build time.
     pub fn dedup_mode(&self) -> DedupMode {
         self.mode
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RedisBusConfig {
+        &self.config
     }
 
     /// The stream key a message goes to.
@@ -207,7 +283,7 @@ impl RedisStreamsBus {
                 let mut cmd = redis::cmd("XADD");
                 cmd.arg(&p.stream);
                 if self.mode == DedupMode::Idmp {
-                    cmd.arg("IDMP").arg("outbox").arg(&p.id);
+                    cmd.arg("IDMP").arg(IDMP_PRODUCER).arg(&p.id);
                 }
                 if max_len > 0 {
                     cmd.arg("MAXLEN").arg("~").arg(max_len);
@@ -222,15 +298,17 @@ impl RedisStreamsBus {
     }
 
     /// One pipeline for `items` (all in one slot on a cluster); reloads the script once if
-    /// the server lost it (a restart).
-    async fn send<C: ConnectionLike + Send>(&self, conn: &mut C, items: &[Prepared]) -> Vec<(usize, PublishOutcome)> {
-        let mut out = self.send_once(conn, items).await;
+    /// the server lost it (a restart). `clock` prefixes the pipeline with `TIME` so an IDMP
+    /// hit (which replies with the old entry's id) can be told from a new entry.
+    async fn send(&self, conn: &Conn, items: &[Prepared], clock: bool) -> Vec<(usize, PublishOutcome)> {
+        let mut out = self.send_once(conn, items, clock).await;
         let lost: Vec<usize> = out.iter().filter(|(_, o)| o.is_none()).map(|(i, _)| *i).collect();
         if !lost.is_empty() {
-            let load = redis::cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT).query_async::<String>(conn).await;
-            let retry: Vec<&Prepared> = items.iter().filter(|p| lost.contains(&p.index)).collect();
-            let again = match load {
-                Ok(_) => self.send_once(conn, &retry.into_iter().map(clone_prepared).collect::<Vec<_>>()).await,
+            let retry: Vec<Prepared> = items.iter().filter(|p| lost.contains(&p.index)).cloned().collect();
+            let mut load = redis::pipe();
+            load.cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT);
+            let again = match conn.pipeline(&load, self.config.response_timeout).await {
+                Ok(_) => self.send_once(conn, &retry, clock).await,
                 Err(e) => lost
                     .iter()
                     .map(|i| (*i, Some(PublishOutcome::Retryable(format!("cannot load the dedup script: {e}")))))
@@ -246,42 +324,126 @@ impl RedisStreamsBus {
     }
 
     /// `None` for a message whose script was missing (NOSCRIPT).
-    async fn send_once<C: ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-        items: &[Prepared],
-    ) -> Vec<(usize, Option<PublishOutcome>)> {
+    async fn send_once(&self, conn: &Conn, items: &[Prepared], clock: bool) -> Vec<(usize, Option<PublishOutcome>)> {
+        let clock = clock && self.mode == DedupMode::Idmp;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        if clock {
+            pipe.cmd("TIME");
+        }
         for p in items {
             pipe.add_command(self.command(p));
         }
-        let replies: Vec<Value> = match pipe.query_async(conn).await {
-            Ok(v) => v,
+        let mut replies = match conn.pipeline(&pipe, self.config.response_timeout).await {
+            Ok(v) => v.into_iter(),
             Err(e) => {
-                let reason = format!("Redis pipeline failed: {e}");
+                // Connection lost, timeout, I/O: the entries may or may not be in; retry them.
+                let reason = e.to_string();
                 return items.iter().map(|p| (p.index, Some(PublishOutcome::Retryable(reason.clone())))).collect();
             }
         };
+        let started_ms = if clock { replies.next().as_ref().and_then(server_millis) } else { None };
         items
             .iter()
-            .zip(replies.into_iter().map(Some).chain(std::iter::repeat(None)))
-            .map(|(p, reply)| {
-                let outcome = match reply {
+            .map(|p| {
+                let outcome = match replies.next() {
                     None => Some(PublishOutcome::Retryable("no reply for this command".into())),
                     Some(Value::Nil) if self.mode == DedupMode::Lua => Some(PublishOutcome::Duplicate),
                     Some(Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript) => None,
                     Some(Value::ServerError(e)) => Some(classify(&p.stream, &e)),
-                    Some(_) => Some(PublishOutcome::Published),
+                    Some(entry) => Some(match (started_ms, entry_millis(&entry)) {
+                        (Some(started), Some(at)) if at < started => PublishOutcome::Duplicate,
+                        _ => PublishOutcome::Published,
+                    }),
                 };
                 (p.index, outcome)
             })
             .collect()
     }
+
+    /// Puts this bus's IDMP settings on every stream of `items` not yet seen by this process.
+    /// `XCFGSET` clears a stream's id map, so a stream that already has these settings (set by
+    /// another relay) is left alone, and a new stream is created empty and configured before
+    /// its first entry.
+    async fn configure_idmp(&self, items: &[Prepared]) -> Result<()> {
+        let fresh: HashSet<&str> = {
+            let ready = self.idmp_ready.lock().unwrap_or_else(|e| e.into_inner());
+            items.iter().map(|p| p.stream.as_str()).filter(|s| !ready.contains(*s)).collect()
+        };
+        let done = futures::future::join_all(fresh.into_iter().map(|s| self.configure_stream(s))).await;
+        let mut ready = self.idmp_ready.lock().unwrap_or_else(|e| e.into_inner());
+        for outcome in done {
+            if let Some(stream) = outcome? {
+                ready.insert(stream);
+            }
+        }
+        Ok(())
+    }
+
+    /// `Some(stream)` once configured; `None` when the key holds something else (its XADDs
+    /// will fail permanently, and it is checked again next time).
+    async fn configure_stream(&self, stream: &str) -> Result<Option<String>> {
+        let within = self.config.response_timeout;
+        let want = (self.config.dedup_window.as_millis().div_ceil(1000) as i64, i64::from(IDMP_MAX_SIZE));
+        let mut look = redis::pipe();
+        look.ignore_errors().cmd("TYPE").arg(stream).cmd("XINFO").arg("STREAM").arg(stream);
+        let reply = self.conn.pipeline(&look, within).await?;
+        let kind = match reply.first() {
+            Some(Value::SimpleString(s)) => s.as_str(),
+            _ => "",
+        };
+        let mut set = redis::pipe();
+        set.ignore_errors();
+        match kind {
+            "stream" if reply.get(1).and_then(idmp_settings) == Some(want) => return Ok(Some(stream.to_owned())),
+            "stream" => {
+                tracing::warn!(stream, "setting IDMP on an existing stream clears the ids it remembered");
+            }
+            "none" => {
+                set.cmd("XGROUP").arg("CREATE").arg(stream).arg(INIT_GROUP).arg("$").arg("MKSTREAM");
+                set.cmd("XGROUP").arg("DESTROY").arg(stream).arg(INIT_GROUP);
+            }
+            _ => return Ok(None),
+        }
+        set.cmd("XCFGSET").arg(stream).arg("IDMP-DURATION").arg(want.0).arg("IDMP-MAXSIZE").arg(want.1);
+        let reply = self.conn.pipeline(&set, within).await?;
+        match reply.last() {
+            Some(Value::ServerError(e)) => {
+                tracing::warn!(stream, error = %e, "cannot set IDMP retention; the server defaults apply");
+            }
+            _ => tracing::info!(stream, duration_s = want.0, max_size = want.1, "IDMP retention set"),
+        }
+        Ok(Some(stream.to_owned()))
+    }
 }
 
-fn clone_prepared(p: &Prepared) -> Prepared {
-    Prepared { index: p.index, stream: p.stream.clone(), id: p.id.clone(), fields: p.fields.clone() }
+/// `IDMP-DURATION` and `IDMP-MAXSIZE` from an `XINFO STREAM` reply.
+fn idmp_settings(info: &Value) -> Option<(i64, i64)> {
+    let mut duration = None;
+    let mut max_size = None;
+    for (k, v) in info.as_map_iter()? {
+        let slot = match k {
+            Value::BulkString(k) if k == b"idmp-duration" => &mut duration,
+            Value::BulkString(k) if k == b"idmp-maxsize" => &mut max_size,
+            Value::SimpleString(k) if k == "idmp-duration" => &mut duration,
+            Value::SimpleString(k) if k == "idmp-maxsize" => &mut max_size,
+            _ => continue,
+        };
+        *slot = redis::from_redis_value_ref::<i64>(v).ok();
+    }
+    Some((duration?, max_size?))
+}
+
+/// Milliseconds from a `TIME` reply.
+fn server_millis(time: &Value) -> Option<u64> {
+    let (secs, micros): (u64, u64) = redis::from_redis_value_ref(time).ok()?;
+    Some(secs * 1000 + micros / 1000)
+}
+
+/// The millisecond part of a stream entry id (`<ms>-<seq>`).
+fn entry_millis(id: &Value) -> Option<u64> {
+    let id: String = redis::from_redis_value_ref(id).ok()?;
+    id.split_once('-')?.0.parse().ok()
 }
 
 fn classify(stream: &str, e: &redis::ServerError) -> PublishOutcome {
@@ -305,31 +467,90 @@ impl Bus for RedisStreamsBus {
                 Err(reason) => outcomes[i] = Some(PublishOutcome::Permanent(reason)),
             }
         }
-        let sent = match self.conn.clone() {
-            Conn::Single(mut c) => self.send(&mut c, &ready).await,
-            #[cfg(feature = "cluster")]
-            Conn::Cluster(c) => {
-                let groups = crate::cluster::group_by_slot(ready, |p| p.stream.as_str());
-                let sends = groups.iter().map(|g| {
-                    let mut c = c.clone();
-                    async move { self.send(&mut c, g).await }
-                });
-                futures::future::join_all(sends).await.into_iter().flatten().collect()
+        if !ready.is_empty() {
+            let sent = match self.send_all(ready).await {
+                Ok(sent) => sent,
+                Err((items, e)) => {
+                    let reason = e.to_string();
+                    items.iter().map(|p| (p.index, PublishOutcome::Retryable(reason.clone()))).collect()
+                }
+            };
+            for (i, o) in sent {
+                outcomes[i] = Some(o);
             }
-        };
-        for (i, o) in sent {
-            outcomes[i] = Some(o);
         }
         outcomes.into_iter().map(|o| o.unwrap_or_else(|| PublishOutcome::Retryable("not sent".into()))).collect()
     }
 }
 
+impl RedisStreamsBus {
+    /// One pipeline per batch, or per hash slot on a cluster.
+    async fn send_all(
+        &self,
+        ready: Vec<Prepared>,
+    ) -> std::result::Result<Vec<(usize, PublishOutcome)>, (Vec<Prepared>, outbox_core::Error)> {
+        if self.mode == DedupMode::Idmp
+            && let Err(e) = self.configure_idmp(&ready).await
+        {
+            return Err((ready, e));
+        }
+        match &self.conn {
+            Conn::Single(_) => Ok(self.send(&self.conn, &ready, true).await),
+            // A keyless TIME may run on another node, whose clock says nothing: IDMP hits
+            // count as published there.
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(_) => {
+                let groups = crate::cluster::group_by_slot(ready, |p| p.stream.as_str());
+                let sends = groups.iter().map(|g| self.send(&self.conn, g, false));
+                Ok(futures::future::join_all(sends).await.into_iter().flatten().collect())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn versions_parse_from_info() {
-        assert_eq!(super::parse_version("# Server\r\nredis_version:7.0.15\r\n"), (7, 0));
-        assert_eq!(super::parse_version("redis_version:8.6.1\n"), (8, 6));
-        assert_eq!(super::parse_version(""), (0, 0));
+        assert_eq!(parse_version("# Server\r\nredis_version:7.0.15\r\n"), (7, 0));
+        assert_eq!(parse_version("redis_version:8.6.1\n"), (8, 6));
+        assert_eq!(parse_version(""), (0, 0));
+    }
+
+    #[test]
+    fn the_mode_follows_the_server_version() {
+        assert_eq!(choose_mode(Dedup::Auto, (7, 0)), DedupMode::None);
+        assert_eq!(choose_mode(Dedup::Auto, (8, 6)), DedupMode::Idmp);
+        assert_eq!(choose_mode(Dedup::IdmpOrLua, (8, 4)), DedupMode::Lua);
+        assert_eq!(choose_mode(Dedup::IdmpOrLua, (9, 0)), DedupMode::Idmp);
+        assert_eq!(choose_mode(Dedup::Lua, (8, 6)), DedupMode::Lua);
+        assert_eq!(choose_mode(Dedup::Off, (8, 6)), DedupMode::None);
+    }
+
+    #[test]
+    fn idmp_settings_read_from_xinfo_in_resp2_and_resp3() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![
+            b("length"),
+            Value::Int(3),
+            b("idmp-duration"),
+            Value::Int(600),
+            b("idmp-maxsize"),
+            Value::Int(10_000),
+        ]);
+        assert_eq!(idmp_settings(&resp2), Some((600, 10_000)));
+        let resp3 = Value::Map(vec![(b("idmp-maxsize"), Value::Int(100)), (b("idmp-duration"), Value::Int(100))]);
+        assert_eq!(idmp_settings(&resp3), Some((100, 100)));
+        assert_eq!(idmp_settings(&Value::Array(vec![b("length"), Value::Int(3)])), None, "not configured");
+    }
+
+    #[test]
+    fn an_idmp_hit_is_told_by_its_older_entry_id() {
+        let time = Value::Array(vec![Value::BulkString(b"1700000000".to_vec()), Value::BulkString(b"123456".to_vec())]);
+        assert_eq!(server_millis(&time), Some(1_700_000_000_123));
+        assert_eq!(entry_millis(&Value::BulkString(b"1700000000100-3".to_vec())), Some(1_700_000_000_100));
+        assert_eq!(entry_millis(&Value::Okay), None);
     }
 }

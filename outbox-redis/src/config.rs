@@ -31,6 +31,11 @@ impl fmt::Debug for StreamMapping {
 }
 
 impl StreamMapping {
+    /// A custom rule, e.g. `StreamMapping::custom(|m| format!("{{{}}}:events", m.topic))`.
+    pub fn custom(rule: impl Fn(&OutboxMessage) -> String + Send + Sync + 'static) -> Self {
+        Self::Custom(Arc::new(rule))
+    }
+
     /// The stream key for `msg`.
     pub fn stream_key(&self, msg: &OutboxMessage) -> String {
         match self {
@@ -51,6 +56,8 @@ pub enum Dedup {
     /// An atomic Lua script: `SET <dedup key> NX PX <ttl>`, then `XADD` only if the key was
     /// new. Works on any Redis with scripting; costs one extra key per message for the TTL.
     Lua,
+    /// `IDMP` when the server has it, else the Lua script: dedup on every server.
+    IdmpOrLua,
 }
 
 /// What the bus does after detecting the server version.
@@ -64,6 +71,14 @@ pub enum DedupMode {
     Lua,
 }
 
+/// Default time to wait for a reply before a command counts as failed (retryable).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time to wait for a connection.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many ids per stream IDMP remembers (`XCFGSET … IDMP-MAXSIZE`, the server's maximum);
+/// the server default of 100 is smaller than one batch.
+pub const IDMP_MAX_SIZE: u32 = 10_000;
+
 /// Redis Streams bus settings, validated by the builder.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -74,9 +89,16 @@ pub struct RedisBusConfig {
     pub max_len: Option<usize>,
     /// Broker-side dedup. Default [`Dedup::Auto`].
     pub dedup: Dedup,
-    /// How long a message id is remembered for dedup. Default 10 minutes; 1 s to 24 h. Keep
-    /// it above the relay's `claim_ttl` plus retry horizon.
+    /// How long a message id is remembered for dedup (whole seconds with IDMP). Default 10
+    /// minutes; 1 s to 24 h. Keep it above the relay's `claim_ttl` plus retry horizon.
     pub dedup_window: Duration,
+    /// Longest wait for a batch's replies; past it every message of the batch is retryable.
+    /// Default 5 s; 1 ms to 10 min. Also the connection manager's response timeout when the
+    /// bus connects itself ([`RedisStreamsBus::from_url`](crate::RedisStreamsBus::from_url)).
+    pub response_timeout: Duration,
+    /// Longest wait for a (re)connection when the bus connects itself. Default 5 s; 1 ms to
+    /// 10 min.
+    pub connection_timeout: Duration,
 }
 
 impl Default for RedisBusConfig {
@@ -86,6 +108,8 @@ impl Default for RedisBusConfig {
             max_len: None,
             dedup: Dedup::Auto,
             dedup_window: Duration::from_secs(600),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
         }
     }
 }
@@ -98,6 +122,13 @@ impl RedisBusConfig {
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.dedup_window) {
             return Err(Error::config("redis.dedup_window", "must be between 1 s and 24 h"));
+        }
+        let timeouts = Duration::from_millis(1)..=Duration::from_secs(600);
+        if !timeouts.contains(&self.response_timeout) {
+            return Err(Error::config("redis.response_timeout", "must be between 1 ms and 10 min"));
+        }
+        if !timeouts.contains(&self.connection_timeout) {
+            return Err(Error::config("redis.connection_timeout", "must be between 1 ms and 10 min"));
         }
         if let StreamMapping::Prefix(p) = &self.streams
             && p.chars().any(char::is_whitespace)
@@ -137,5 +168,12 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("redis.max_len"));
         let c = RedisBusConfig { dedup_window: Duration::ZERO, ..RedisBusConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("redis.dedup_window"));
+        let c = RedisBusConfig { response_timeout: Duration::ZERO, ..RedisBusConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("redis.response_timeout"));
+        let c = RedisBusConfig { connection_timeout: Duration::from_secs(3600), ..RedisBusConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("redis.connection_timeout"));
+        let c = RedisBusConfig { streams: StreamMapping::Prefix("a b".into()), ..RedisBusConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("redis.stream_prefix"));
+        RedisBusConfig::default().validate().unwrap();
     }
 }

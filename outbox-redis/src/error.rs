@@ -5,10 +5,7 @@ use std::time::Duration;
 use outbox_core::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-/// Default time to wait for a reply before a command counts as failed (retryable).
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default time to wait for a connection.
-pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::config::{DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 
 /// Whether a Redis error may succeed later (connection, I/O, timeout, loading, cluster moves).
 pub fn is_temporary(e: &redis::RedisError) -> bool {
@@ -32,14 +29,34 @@ pub fn map_err(what: impl std::fmt::Display, e: redis::RedisError) -> Error {
     }
 }
 
-/// Opens a [`ConnectionManager`] (reconnects by itself) with explicit timeouts, failing fast
-/// with an error that names the URL. A malformed URL is a configuration error (`redis.url`).
+/// A temporary error for a wait that ran out.
+pub(crate) fn timed_out(what: impl std::fmt::Display, after: Duration) -> Error {
+    Error::temporary("redis", format!("{what}: timed out (no reply within {after:?})"), None)
+}
+
+/// Parses a Redis URL; a malformed one is a configuration error (`redis.url`) naming it.
+pub(crate) fn client(url: &str) -> outbox_core::Result<redis::Client> {
+    redis::Client::open(url).map_err(|e| Error::config("redis.url", format!("`{url}` is not a Redis URL: {e}")))
+}
+
+/// Opens a [`ConnectionManager`] (reconnects by itself) with the default 5 s connection and
+/// response timeouts; see [`connect_with_timeouts`].
 pub async fn connect(url: &str) -> outbox_core::Result<ConnectionManager> {
-    let client =
-        redis::Client::open(url).map_err(|e| Error::config("redis.url", format!("`{url}` is not a Redis URL: {e}")))?;
+    connect_with_timeouts(url, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT).await
+}
+
+/// Opens a [`ConnectionManager`] with explicit timeouts, failing fast with an error that
+/// names the URL: unreachable is temporary, a malformed URL is a configuration error
+/// (`redis.url`).
+pub async fn connect_with_timeouts(
+    url: &str,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+) -> outbox_core::Result<ConnectionManager> {
+    let client = client(url)?;
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(DEFAULT_CONNECTION_TIMEOUT))
-        .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(connection_timeout))
+        .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1);
     client
         .get_connection_manager_with_config(config)

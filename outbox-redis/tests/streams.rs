@@ -106,3 +106,37 @@ async fn bad_settings_and_urls_are_clear_errors() {
     let err = outbox_redis::connect("redis://127.0.0.1:1").await.unwrap_err();
     assert!(err.is_temporary() && err.to_string().contains("127.0.0.1:1"), "{err}");
 }
+
+#[tokio::test]
+async fn a_stalled_server_makes_the_batch_retryable_within_the_response_timeout() {
+    let Some(server) = common::server::Server::start().await else { return };
+    let bus = RedisStreamsBus::from_url(server.url())
+        .response_timeout(std::time::Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let batch = vec![stored(NewMessage::new("stall", "1")), stored(NewMessage::new("stall", "2"))];
+    server.stall();
+    let outcomes = bus.publish(&batch).await;
+    server.resume();
+    for o in &outcomes {
+        assert!(matches!(o, PublishOutcome::Retryable(r) if r.contains("timed out")), "{o:?}");
+    }
+    outbox_core::testkit::eventually("the thawed server to take the batch", std::time::Duration::from_secs(10), || {
+        let (bus, batch) = (&bus, &batch);
+        async move { bus.publish(batch).await.iter().all(PublishOutcome::is_delivered).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idmp_or_lua_falls_back_to_the_script_before_redis_8_6() {
+    let Some(_) = common::conn().await else { return };
+    let bus = RedisStreamsBus::from_url(common::url()).dedup(Dedup::IdmpOrLua).build().await.unwrap();
+    let mode = bus.dedup_mode();
+    assert!(matches!(mode, DedupMode::Lua | DedupMode::Idmp), "{mode:?}");
+    let err = RedisStreamsBus::from_url("not a url").build().await.unwrap_err();
+    assert!(err.to_string().contains("redis.url"), "{err}");
+    let err = RedisStreamsBus::from_url(common::url()).response_timeout(std::time::Duration::ZERO).build().await;
+    assert!(err.unwrap_err().to_string().contains("redis.response_timeout"));
+}

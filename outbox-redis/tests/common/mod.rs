@@ -1,6 +1,8 @@
 //! Shared test setup: a connection to the test server and a stream probe.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod server;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
