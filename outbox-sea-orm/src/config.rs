@@ -40,11 +40,38 @@ pub struct SqlStoreConfig {
     /// transaction, for a [`PgNotifier`](crate::PgNotifier) listening on it. Default `None`
     /// (no notification). Same identifier rules as the table, up to [`MAX_CHANNEL_LEN`] bytes.
     pub notify_channel: Option<String>,
+    /// How a claim holds its rows until they are completed or failed. Default
+    /// [`ClaimMode::Auto`].
+    pub claim_mode: ClaimMode,
+}
+
+/// How a claim keeps other relays off its rows while they are being published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClaimMode {
+    /// [`ClaimMode::Transaction`] on Postgres, [`ClaimMode::Lease`] elsewhere.
+    #[default]
+    Auto,
+    /// The claim writes a lease (`claimed_until`, `claim_token`) on each row; it survives the
+    /// connection and expires after the relay's claim TTL. Every backend.
+    Lease,
+    /// Postgres only: the claim is `SELECT … FOR UPDATE SKIP LOCKED` in a transaction that
+    /// stays open until `complete`/`fail` commits it, so claiming writes nothing. A relay
+    /// that dies releases its rows with its connection; a stalled one is cut off by
+    /// `idle_in_transaction_session_timeout`, set to the claim TTL. Each claim in flight
+    /// holds a pooled connection: at most half the pool, further claims take a lease.
+    Transaction,
 }
 
 impl Default for SqlStoreConfig {
     fn default() -> Self {
-        Self { table: DEFAULT_TABLE.to_owned(), retention: Retention::Delete, notify_channel: None }
+        Self {
+            table: DEFAULT_TABLE.to_owned(),
+            retention: Retention::Delete,
+            notify_channel: None,
+            claim_mode: ClaimMode::Auto,
+        }
     }
 }
 
@@ -64,6 +91,12 @@ impl SqlStoreConfig {
     /// Sets [`SqlStoreConfig::notify_channel`].
     pub fn notify_channel(mut self, channel: impl Into<String>) -> Self {
         self.notify_channel = Some(channel.into());
+        self
+    }
+
+    /// Sets [`SqlStoreConfig::claim_mode`].
+    pub fn claim_mode(mut self, mode: ClaimMode) -> Self {
+        self.claim_mode = mode;
         self
     }
 

@@ -5,6 +5,8 @@ mod config;
 mod connect;
 mod enqueue;
 pub mod error;
+#[cfg(feature = "postgres")]
+mod held;
 mod migration;
 #[cfg(feature = "postgres")]
 mod notify;
@@ -12,7 +14,7 @@ pub mod schema;
 mod sql;
 mod store;
 
-pub use config::{DEFAULT_TABLE, MAX_CHANNEL_LEN, MAX_TABLE_LEN, SqlStoreConfig};
+pub use config::{ClaimMode, DEFAULT_TABLE, MAX_CHANNEL_LEN, MAX_TABLE_LEN, SqlStoreConfig};
 #[cfg(feature = "sqlite")]
 pub use connect::{SQLITE_BUSY_TIMEOUT, SQLITE_MAX_CONNECTIONS, connect_sqlite, sqlite_connect_options};
 pub use enqueue::TransactionFuture;

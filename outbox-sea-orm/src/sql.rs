@@ -42,6 +42,26 @@ impl Dialect {
     }
 }
 
+/// A value type of `IN (…)` lists, bound as one array on Postgres.
+pub(crate) trait ListItem: Into<Value> + Sized {
+    #[cfg(feature = "postgres")]
+    fn array(items: Vec<Self>) -> Value;
+}
+
+impl ListItem for Uuid {
+    #[cfg(feature = "postgres")]
+    fn array(items: Vec<Self>) -> Value {
+        items.into()
+    }
+}
+
+impl ListItem for i64 {
+    #[cfg(feature = "postgres")]
+    fn array(items: Vec<Self>) -> Value {
+        items.into()
+    }
+}
+
 /// SQL text plus its bound values, with the dialect's placeholders.
 #[derive(Debug)]
 pub(crate) struct Query {
@@ -76,18 +96,28 @@ impl Query {
     /// Appends `column = ANY($n)` with one array bind on Postgres (stable SQL text, so the
     /// prepared statement is reused), `column IN (?, …)` elsewhere. `ids` must not be empty.
     pub(crate) fn uuid_in(&mut self, column: &str, ids: impl IntoIterator<Item = Uuid>) -> &mut Self {
+        self.any_of(column, ids.into_iter().collect())
+    }
+
+    /// `seq IN (…)`.
+    pub(crate) fn seq_in(&mut self, seqs: impl IntoIterator<Item = i64>) -> &mut Self {
+        self.any_of("seq", seqs.into_iter().collect())
+    }
+
+    /// `column IN (…)`: one array parameter on Postgres, so the statement text (and its
+    /// prepared plan) is the same for every list length.
+    fn any_of<T: ListItem>(&mut self, column: &str, values: Vec<T>) -> &mut Self {
         self.push(column);
         #[cfg(feature = "postgres")]
         if self.dialect == Dialect::Postgres {
-            let array: Vec<Uuid> = ids.into_iter().collect();
-            return self.push(" = ANY(").bind(array).push(")");
+            return self.push(" = ANY(").bind(T::array(values)).push(")");
         }
         self.push(" IN (");
-        for (i, id) in ids.into_iter().enumerate() {
+        for (i, value) in values.into_iter().enumerate() {
             if i > 0 {
                 self.push(", ");
             }
-            self.bind(id);
+            self.bind(value);
         }
         self.push(")")
     }

@@ -18,8 +18,10 @@ use outbox_core::{
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, IsolationLevel, QueryResult, TransactionTrait};
 use uuid::Uuid;
 
-use crate::config::SqlStoreConfig;
+use crate::config::{ClaimMode, SqlStoreConfig};
 use crate::error::{backend_name, from_db_err};
+#[cfg(feature = "postgres")]
+use crate::held::HeldClaims;
 use crate::schema::{MAX_ERROR_LEN, MESSAGE_COLUMNS};
 use crate::sql::{Dialect, Query};
 
@@ -53,6 +55,9 @@ pub struct SqlStore {
     /// The table name, quoted for the dialect.
     pub(crate) table: String,
     pub(crate) notifier: Option<Arc<dyn Notifier>>,
+    /// Claims held in open transactions ([`ClaimMode::Transaction`]), shared by clones.
+    #[cfg(feature = "postgres")]
+    pub(crate) held: Option<Arc<HeldClaims>>,
 }
 
 impl fmt::Debug for SqlStore {
@@ -63,13 +68,14 @@ impl fmt::Debug for SqlStore {
             .field("retention", &self.config.retention)
             .field("notify_channel", &self.config.notify_channel)
             .field("notifier", &self.notifier)
+            .field("claim_mode", &self.claim_mode())
             .finish_non_exhaustive()
     }
 }
 
 /// Which rows a claim may take, besides being claimable.
 #[derive(Clone, Copy)]
-enum Pick<'a> {
+pub(crate) enum Pick<'a> {
     Ids(&'a [MessageId]),
     Due { created_before: UnixMillis, limit: usize },
 }
@@ -89,8 +95,44 @@ impl SqlStore {
                 "is Postgres-only (LISTEN/NOTIFY); leave it unset on MySQL and SQLite",
             ));
         }
+        let holds = match (config.claim_mode, dialect) {
+            (ClaimMode::Auto, d) => d == Dialect::Postgres,
+            (ClaimMode::Lease, _) => false,
+            (ClaimMode::Transaction, Dialect::Postgres) => true,
+            (ClaimMode::Transaction, _) => {
+                return Err(Error::config(
+                    "store.claim_mode",
+                    "`transaction` is Postgres-only; use `lease` or `auto` on MySQL and SQLite",
+                ));
+            }
+        };
         let table = dialect.quote(&config.table);
-        Ok(Self { db, config, dialect, table, notifier: None })
+        #[cfg(feature = "postgres")]
+        let held = holds.then(|| {
+            // Half the pool at most, so held claims never starve the writers sharing it.
+            let pool = db.get_postgres_connection_pool().options().get_max_connections() as usize;
+            Arc::new(HeldClaims::new(pool / 2))
+        });
+        #[cfg(not(feature = "postgres"))]
+        let _ = holds;
+        Ok(Self {
+            db,
+            config,
+            dialect,
+            table,
+            notifier: None,
+            #[cfg(feature = "postgres")]
+            held,
+        })
+    }
+
+    /// The claim mode in effect: [`ClaimMode::Auto`] resolved for the backend.
+    pub fn claim_mode(&self) -> ClaimMode {
+        #[cfg(feature = "postgres")]
+        if self.held.is_some() {
+            return ClaimMode::Transaction;
+        }
+        ClaimMode::Lease
     }
 
     /// Calls `notifier` after each commit that enqueued messages ([`OutboxStore::enqueue`] and
@@ -124,7 +166,7 @@ impl SqlStore {
         conn.execute_raw(q.build()).await.map(|r| r.rows_affected()).map_err(|e| self.db_err(e))
     }
 
-    async fn fetch(&self, conn: &impl ConnectionTrait, q: Query) -> Result<Vec<QueryResult>> {
+    pub(crate) async fn fetch(&self, conn: &impl ConnectionTrait, q: Query) -> Result<Vec<QueryResult>> {
         conn.query_all_raw(q.build()).await.map_err(|e| self.db_err(e))
     }
 
@@ -137,7 +179,7 @@ impl SqlStore {
     }
 
     /// `c` is claimable: pending, due, not under a live claim, and the head of its key.
-    fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>) {
+    pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>) {
         q.push(" WHERE c.status = 0 AND c.available_at <= ")
             .bind(now)
             .push(" AND (c.claimed_until IS NULL OR c.claimed_until <= ")
@@ -161,6 +203,13 @@ impl SqlStore {
     async fn claim(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<OutboxMessage>> {
         let now = now_millis();
         let until = now.saturating_add(duration_millis(lease.ttl));
+        #[cfg(feature = "postgres")]
+        if let Some(held) = &self.held
+            && let Some(mut rows) = self.claim_held(held, pick, lease, now).await?
+        {
+            rows.sort_by_key(|r| r.seq);
+            return Ok(rows.into_iter().map(|r| r.message).collect());
+        }
         let mut rows = match self.dialect {
             Dialect::MySql => self.claim_in_transaction(pick, lease, now, until).await?,
             Dialect::Postgres | Dialect::Sqlite => {
@@ -231,16 +280,42 @@ impl SqlStore {
     }
 
     /// `AND claim_token = … AND claimed_until > now AND status = 0`: the lease still holds.
-    fn push_held_by(q: &mut Query, lease: &Lease, now: UnixMillis) {
-        q.push(" AND claim_token = ").bind(lease.token).push(" AND claimed_until > ").bind(now).push(" AND status = 0");
+    /// Without a lease (rows locked by a held claim) only `status = 0`.
+    fn push_held_by(q: &mut Query, lease: Option<&Lease>, now: UnixMillis) {
+        if let Some(lease) = lease {
+            q.push(" AND claim_token = ").bind(lease.token).push(" AND claimed_until > ").bind(now);
+        }
+        q.push(" AND status = 0");
     }
 
-    async fn fail_chunk(&self, failures: &[Failure], lease: &Lease, now: UnixMillis) -> Result<()> {
+    /// Marks `rows` published (deletes them, or keeps them as status 1).
+    fn complete_query(&self, rows: Rows<'_>, lease: Option<&Lease>, now: UnixMillis) -> Query {
+        let mut q = Query::new(self.dialect);
+        match self.config.retention {
+            Retention::Delete => q.push("DELETE FROM ").push(&self.table).push(" WHERE "),
+            Retention::KeepPublished => q
+                .push("UPDATE ")
+                .push(&self.table)
+                .push(" SET status = 1, finished_at = ")
+                .bind(now)
+                .push(", claimed_until = NULL, claim_token = NULL WHERE "),
+        };
+        match rows {
+            Rows::Ids(ids) => q.uuid_in("id", ids.iter().map(|id| id.as_uuid())),
+            Rows::Seqs(seqs) => q.seq_in(seqs.iter().copied()),
+        };
+        Self::push_held_by(&mut q, lease, now);
+        q
+    }
+
+    /// One `UPDATE` that records `failures`: attempts + 1, last error, and a retry time or
+    /// the dead-letter state.
+    fn fail_query(&self, failures: &[Failure], lease: Option<&Lease>, now: UnixMillis) -> Query {
         #[cfg(feature = "postgres")]
         if self.dialect == Dialect::Postgres {
-            return self.fail_chunk_postgres(failures, lease, now).await;
+            return self.fail_query_postgres(failures, lease, now);
         }
-        // One UPDATE whose CASE expressions give each message its own values.
+        // CASE expressions give each message its own values.
         let mut q = Query::new(self.dialect);
         q.push("UPDATE ").push(&self.table).push(" SET attempts = attempts + 1, last_error = CASE id");
         for f in failures {
@@ -274,24 +349,15 @@ impl SqlStore {
         q.push(", claimed_until = NULL, claim_token = NULL WHERE ")
             .uuid_in("id", failures.iter().map(|f| f.id.as_uuid()));
         Self::push_held_by(&mut q, lease, now);
-        self.execute(&self.db, q).await.map(|_| ())
+        q
     }
 
     /// Postgres: the per-message values travel as arrays, so the SQL text is the same for
     /// every batch size and its prepared statement is reused.
     #[cfg(feature = "postgres")]
-    async fn fail_chunk_postgres(&self, failures: &[Failure], lease: &Lease, now: UnixMillis) -> Result<()> {
+    fn fail_query_postgres(&self, failures: &[Failure], lease: Option<&Lease>, now: UnixMillis) -> Query {
         use crate::schema::status;
 
-        let sql = format!(
-            "UPDATE {t} AS t SET attempts = t.attempts + 1, last_error = f.error, status = f.status, \
-             available_at = CASE WHEN f.status = 2 THEN t.available_at ELSE f.available_at END, \
-             finished_at = CASE WHEN f.status = 2 THEN $1 ELSE t.finished_at END, \
-             claimed_until = NULL, claim_token = NULL \
-             FROM unnest($2::uuid[], $3::text[], $4::smallint[], $5::bigint[]) AS f(id, error, status, available_at) \
-             WHERE t.id = f.id AND t.claim_token = $6 AND t.claimed_until > $1 AND t.status = 0",
-            t = self.table
-        );
         let ids: Vec<Uuid> = failures.iter().map(|f| f.id.as_uuid()).collect();
         let errors: Vec<String> = failures.iter().map(|f| truncate_error(&f.error)).collect();
         let statuses: Vec<i16> = failures
@@ -305,10 +371,27 @@ impl SqlStore {
                 Disposition::DeadLetter => now,
             })
             .collect();
-        let values: Vec<sea_orm::Value> =
-            vec![now.into(), ids.into(), errors.into(), statuses.into(), available.into(), lease.token.into()];
-        let stmt = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values);
-        self.db.execute_raw(stmt).await.map(|_| ()).map_err(|e| self.db_err(e))
+        let mut q = Query::new(self.dialect);
+        q.push("UPDATE ")
+            .push(&self.table)
+            .push(" AS t SET attempts = t.attempts + 1, last_error = f.error, status = f.status, ")
+            .push("available_at = CASE WHEN f.status = 2 THEN t.available_at ELSE f.available_at END, ")
+            .push("finished_at = CASE WHEN f.status = 2 THEN ")
+            .bind(now)
+            .push(" ELSE t.finished_at END, claimed_until = NULL, claim_token = NULL FROM unnest(")
+            .bind(ids)
+            .push("::uuid[], ")
+            .bind(errors)
+            .push("::text[], ")
+            .bind(statuses)
+            .push("::smallint[], ")
+            .bind(available)
+            .push("::bigint[]) AS f(id, error, status, available_at) WHERE t.id = f.id");
+        if let Some(lease) = lease {
+            q.push(" AND t.claim_token = ").bind(lease.token).push(" AND t.claimed_until > ").bind(now);
+        }
+        q.push(" AND t.status = 0");
+        q
     }
 
     pub(crate) fn decode(&self, row: &QueryResult) -> Result<Row> {
@@ -340,11 +423,19 @@ impl SqlStore {
     }
 }
 
+/// Rows to settle: by message id, or by `seq` when the claim knows it.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    Ids(&'a [MessageId]),
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Seqs(&'a [i64]),
+}
+
 /// A decoded outbox row.
 pub(crate) struct Row {
-    seq: i64,
+    pub(crate) seq: i64,
     finished_at: Option<UnixMillis>,
-    message: OutboxMessage,
+    pub(crate) message: OutboxMessage,
 }
 
 fn limit_value(limit: usize) -> i64 {
@@ -402,28 +493,44 @@ impl OutboxStore for SqlStore {
     async fn complete(&self, ids: &[MessageId], lease: &Lease) -> Result<u64> {
         let now = now_millis();
         let mut done = 0;
-        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
-            let mut q = Query::new(self.dialect);
-            match self.config.retention {
-                Retention::Delete => q.push("DELETE FROM ").push(&self.table).push(" WHERE "),
-                Retention::KeepPublished => q
-                    .push("UPDATE ")
-                    .push(&self.table)
-                    .push(" SET status = 1, finished_at = ")
-                    .bind(now)
-                    .push(", claimed_until = NULL, claim_token = NULL WHERE "),
-            };
-            q.uuid_in("id", chunk.iter().map(|id| id.as_uuid()));
-            Self::push_held_by(&mut q, lease, now);
-            done += self.execute(&self.db, q).await?;
+        #[cfg(feature = "postgres")]
+        let rest = match &self.held {
+            Some(held) => {
+                let (settled, rest) = self
+                    .settle_held(held, lease, ids, |_, seqs| self.complete_query(Rows::Seqs(seqs), None, now))
+                    .await;
+                done += settled;
+                rest
+            }
+            None => ids.to_vec(),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let rest = ids;
+        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT) {
+            done += self.execute(&self.db, self.complete_query(Rows::Ids(chunk), Some(lease), now)).await?;
         }
         Ok(done)
     }
 
     async fn fail(&self, failures: &[Failure], lease: &Lease) -> Result<()> {
         let now = now_millis();
-        for chunk in failures.chunks(MAX_IDS_PER_STATEMENT / 4) {
-            self.fail_chunk(chunk, lease, now).await?;
+        #[cfg(feature = "postgres")]
+        let rest: Vec<Failure> = match &self.held {
+            Some(held) => {
+                let ids: Vec<MessageId> = failures.iter().map(|f| f.id).collect();
+                let of = |mine: &[MessageId]| -> Vec<Failure> {
+                    failures.iter().filter(|f| mine.contains(&f.id)).cloned().collect()
+                };
+                let (_, rest) =
+                    self.settle_held(held, lease, &ids, |mine, _| self.fail_query(&of(mine), None, now)).await;
+                of(&rest)
+            }
+            None => failures.to_vec(),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let rest = failures;
+        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT / 4) {
+            self.execute(&self.db, self.fail_query(chunk, Some(lease), now)).await?;
         }
         Ok(())
     }
@@ -443,9 +550,13 @@ impl OutboxStore for SqlStore {
         let count =
             |col: &str| row.try_get::<i64>("", col).map(|n| u64::try_from(n).unwrap_or(0)).map_err(|e| self.db_err(e));
         let oldest: Option<i64> = row.try_get("", "oldest").map_err(|e| self.db_err(e))?;
+        #[cfg(feature = "postgres")]
+        let held = self.held.as_ref().map_or(0, |h| h.open_rows());
+        #[cfg(not(feature = "postgres"))]
+        let held = 0;
         Ok(OutboxStats {
             pending: count("pending")?,
-            claimed: count("claimed")?,
+            claimed: count("claimed")? + held,
             dead: count("dead")?,
             oldest_pending_age: oldest.map(|c| age_since(now, c)),
         })

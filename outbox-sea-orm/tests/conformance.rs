@@ -3,16 +3,35 @@
 
 mod common;
 
+/// Postgres claims in held transactions (the default there).
 #[cfg(feature = "postgres")]
 mod postgres {
     use std::sync::Arc;
 
     use outbox_core::{OutboxStore, Retention};
+    use outbox_sea_orm::ClaimMode;
 
     use crate::common::{Backend, conformance_store};
 
     async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
-        conformance_store(Backend::Postgres, retention).await
+        conformance_store(Backend::Postgres, retention, ClaimMode::Transaction).await
+    }
+
+    outbox_core::store_conformance!(setup);
+}
+
+/// Postgres claims with leases written on the rows.
+#[cfg(feature = "postgres")]
+mod postgres_lease {
+    use std::sync::Arc;
+
+    use outbox_core::{OutboxStore, Retention};
+    use outbox_sea_orm::ClaimMode;
+
+    use crate::common::{Backend, conformance_store};
+
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
+        conformance_store(Backend::Postgres, retention, ClaimMode::Lease).await
     }
 
     outbox_core::store_conformance!(setup);
@@ -23,11 +42,12 @@ mod mysql {
     use std::sync::Arc;
 
     use outbox_core::{OutboxStore, Retention};
+    use outbox_sea_orm::ClaimMode;
 
     use crate::common::{Backend, conformance_store};
 
     async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
-        conformance_store(Backend::MySql, retention).await
+        conformance_store(Backend::MySql, retention, ClaimMode::Auto).await
     }
 
     outbox_core::store_conformance!(setup);
@@ -38,11 +58,12 @@ mod sqlite {
     use std::sync::Arc;
 
     use outbox_core::{OutboxStore, Retention};
+    use outbox_sea_orm::ClaimMode;
 
     use crate::common::{Backend, conformance_store};
 
     async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
-        conformance_store(Backend::Sqlite, retention).await
+        conformance_store(Backend::Sqlite, retention, ClaimMode::Auto).await
     }
 
     outbox_core::store_conformance!(setup);

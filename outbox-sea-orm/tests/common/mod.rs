@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use outbox_core::testkit::{test_url, unique_suffix, unreachable_server};
 use outbox_core::{MessageId, NoticeStream, Notifier, OutboxStore, Retention};
-use outbox_sea_orm::{SqlStore, SqlStoreConfig, migrate};
+use outbox_sea_orm::{ClaimMode, SqlStore, SqlStoreConfig, migrate};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 
 pub const POSTGRES_VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
@@ -77,8 +77,12 @@ pub async fn store(backend: Backend, config: SqlStoreConfig) -> Option<SqlStore>
 
 /// The conformance setup: `None` (the case is skipped) when the server is unreachable and
 /// the run is not strict.
-pub async fn conformance_store(backend: Backend, retention: Retention) -> Option<Arc<dyn OutboxStore>> {
-    let store = store(backend, SqlStoreConfig::default().retention(retention)).await?;
+pub async fn conformance_store(
+    backend: Backend,
+    retention: Retention,
+    mode: ClaimMode,
+) -> Option<Arc<dyn OutboxStore>> {
+    let store = store(backend, SqlStoreConfig::default().retention(retention).claim_mode(mode)).await?;
     Some(Arc::new(store))
 }
 

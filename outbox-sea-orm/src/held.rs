@@ -1,0 +1,192 @@
+//! Postgres claims held in open transactions ([`ClaimMode::Transaction`](crate::ClaimMode)).
+//!
+//! A claim is `SELECT … FOR UPDATE SKIP LOCKED` in a transaction left open while the batch is
+//! published; `complete` and `fail` run in it and commit. Claiming writes nothing, so a claim
+//! plus a complete costs about what one `DELETE … RETURNING` costs. Every settle commits, so
+//! what it reports is durable: rows of the claim that are still unsettled get a lease first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use outbox_core::message::{duration_millis, now_millis};
+use outbox_core::{Lease, MessageId, Result, UnixMillis};
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+use uuid::Uuid;
+
+use crate::schema::MESSAGE_COLUMNS;
+use crate::sql::Query;
+use crate::store::{Pick, Row, SqlStore};
+
+/// The open claims of one store, by lease token.
+#[derive(Debug)]
+pub(crate) struct HeldClaims {
+    claims: Mutex<HashMap<Uuid, Held>>,
+    in_use: Arc<AtomicUsize>,
+    /// Most claims held at once; each pins a pooled connection.
+    capacity: usize,
+}
+
+/// One lease's open transaction and the rows it holds.
+pub(crate) struct Held {
+    txn: DatabaseTransaction,
+    /// Unsettled rows: message id → `seq` (the primary key, the cheapest way back to the row).
+    open: HashMap<MessageId, i64>,
+    /// When the lease ends; unsettled rows get this as their `claimed_until`.
+    expires_at: UnixMillis,
+    _slot: Slot,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").field("open", &self.open.len()).field("expires_at", &self.expires_at).finish()
+    }
+}
+
+/// A reserved place among the claims held at once, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl HeldClaims {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { claims: Mutex::default(), in_use: Arc::default(), capacity: capacity.max(1) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Held>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the claim of `token` out while a statement runs in it (a transaction runs one
+    /// statement at a time). Expired claims are dropped on the way, which rolls them back;
+    /// Postgres has usually ended them already through the idle timeout.
+    fn take(&self, token: Uuid) -> Option<Held> {
+        let now = now_millis();
+        let (claim, expired) = {
+            let mut claims = self.lock();
+            let expired: Vec<Uuid> = claims.iter().filter(|(_, h)| h.expires_at <= now).map(|(t, _)| *t).collect();
+            let expired: Vec<Held> = expired.iter().filter_map(|t| claims.remove(t)).collect();
+            (claims.remove(&token), expired)
+        };
+        if !expired.is_empty() {
+            tracing::warn!(claims = expired.len(), "held claims outlived their lease; rolled back");
+        }
+        claim.filter(|c| c.expires_at > now)
+    }
+
+    fn put(&self, token: Uuid, claim: Held) {
+        self.lock().insert(token, claim);
+    }
+
+    fn reserve(&self) -> Option<Slot> {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(self.in_use.clone()))
+    }
+
+    /// Rows held by this store's open claims.
+    pub(crate) fn open_rows(&self) -> u64 {
+        self.lock().values().map(|h| h.open.len() as u64).sum()
+    }
+}
+
+impl SqlStore {
+    /// Claims in the lease's open transaction, opening one. `None` when every slot for held
+    /// claims is taken: the caller then claims with a lease.
+    pub(crate) async fn claim_held(
+        &self,
+        held: &HeldClaims,
+        pick: Pick<'_>,
+        lease: &Lease,
+        now: UnixMillis,
+    ) -> Result<Option<Vec<Row>>> {
+        let mut claim = match held.take(lease.token) {
+            Some(claim) => claim,
+            None => {
+                let Some(slot) = held.reserve() else { return Ok(None) };
+                let txn = self.db.begin().await.map_err(|e| self.db_err(e))?;
+                let expires_at = now.saturating_add(duration_millis(lease.ttl));
+                Held { txn, open: HashMap::new(), expires_at, _slot: slot }
+            }
+        };
+        let mut q = Query::new(self.dialect);
+        // The idle timeout ends a stalled claimer's transaction (and its locks) after the TTL.
+        q.push("SELECT ")
+            .push(MESSAGE_COLUMNS)
+            .push(", set_config('idle_in_transaction_session_timeout', ")
+            .bind(duration_millis(lease.ttl).max(1).to_string())
+            .push(", true) AS guard FROM ")
+            .push(&self.table)
+            .push(" c");
+        self.push_claimable(&mut q, now, pick);
+        q.push(" FOR UPDATE OF c SKIP LOCKED");
+        let rows = self.fetch(&claim.txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
+        if rows.is_empty() && claim.open.is_empty() {
+            claim.txn.rollback().await.map_err(|e| self.db_err(e))?;
+            return Ok(Some(rows));
+        }
+        claim.open.extend(rows.iter().map(|r| (r.message.id, r.seq)));
+        held.put(lease.token, claim);
+        Ok(Some(rows))
+    }
+
+    /// Settles the ids that `lease`'s open transaction holds with `statement` (given their
+    /// ids and `seq`s), then commits.
+    /// Returns the rows it changed and the ids it does not hold (leased ones, or not ours).
+    /// A transaction that fails here is gone, and its rows are free again: that counts as a
+    /// lost claim (0 rows), as an expired lease does.
+    pub(crate) async fn settle_held(
+        &self,
+        held: &HeldClaims,
+        lease: &Lease,
+        ids: &[MessageId],
+        statement: impl Fn(&[MessageId], &[i64]) -> Query,
+    ) -> (u64, Vec<MessageId>) {
+        let Some(mut claim) = held.take(lease.token) else { return (0, ids.to_vec()) };
+        let (mut mine, mut seqs, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+        for id in ids {
+            match claim.open.remove(id) {
+                Some(seq) => {
+                    mine.push(*id);
+                    seqs.push(seq);
+                }
+                None => rest.push(*id),
+            }
+        }
+        if mine.is_empty() {
+            held.put(lease.token, claim);
+            return (0, rest);
+        }
+        let count = mine.len();
+        let outcome = async move {
+            let settled = self.execute(&claim.txn, statement(&mine, &seqs)).await?;
+            if !claim.open.is_empty() {
+                let mut q = Query::new(self.dialect);
+                q.push("UPDATE ")
+                    .push(&self.table)
+                    .push(" SET claimed_until = ")
+                    .bind(claim.expires_at)
+                    .push(", claim_token = ")
+                    .bind(lease.token)
+                    .push(" WHERE ")
+                    .seq_in(claim.open.values().copied());
+                self.execute(&claim.txn, q).await?;
+            }
+            claim.txn.commit().await.map_err(|e| self.db_err(e))?;
+            Ok::<_, outbox_core::Error>(settled)
+        }
+        .await;
+        match outcome {
+            Ok(settled) => (settled, rest),
+            Err(error) => {
+                tracing::warn!(%error, rows = count, "a held claim ended before it committed; its rows are free again");
+                (0, rest)
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `ClaimMode::Transaction` on Postgres: claims held by row locks in open transactions.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Backend;
+use outbox_core::testkit::eventually;
+use outbox_core::{Disposition, Failure, Lease, NewMessage, OutboxStore};
+use outbox_sea_orm::{ClaimMode, SqlStore, SqlStoreConfig};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn held_store() -> Option<SqlStore> {
+    common::store(Backend::Postgres, SqlStoreConfig::default().claim_mode(ClaimMode::Transaction)).await
+}
+
+/// A second store on the same table, on its own pool (another relay process, as far as the
+/// database can tell).
+async fn peer(of: &SqlStore, application_name: &str, max_connections: u32) -> SqlStore {
+    let (_, url) = common::url_of(Backend::Postgres);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut options = ConnectOptions::new(format!("{url}{sep}application_name={application_name}"));
+    options.max_connections(max_connections).sqlx_logging(false);
+    let db = Database::connect(options).await.expect("connect");
+    SqlStore::new(db, of.config().clone()).expect("store")
+}
+
+async fn scalar(store: &SqlStore, sql: String) -> i64 {
+    let db = store.connection();
+    let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+fn table(store: &SqlStore) -> String {
+    format!("\"{}\"", store.config().table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_claim_writes_nothing_and_excludes_other_relays() {
+    let Some(store) = held_store().await else { return };
+    assert_eq!(store.claim_mode(), ClaimMode::Transaction);
+    let ids = store.enqueue((0..5).map(|i| NewMessage::new("held.a", i.to_string())).collect()).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(store.claim_due(10, Duration::ZERO, &lease).await.unwrap().len(), 5);
+
+    let t = table(&store);
+    let leased = scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await;
+    assert_eq!(leased, 0, "the claim wrote no lease on the rows");
+    assert_eq!(store.stats().await.unwrap().claimed, 5, "this store counts the rows it holds");
+    let other = peer(&store, "held_peer_a", 2).await;
+    assert!(other.claim_due(10, Duration::ZERO, &Lease::new(TTL)).await.unwrap().is_empty(), "rows are locked");
+    assert!(other.claim_ids(&ids, &Lease::new(TTL)).await.unwrap().is_empty());
+
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 5);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 0, "complete committed");
+    assert_eq!(store.stats().await.unwrap().claimed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_relay_frees_its_rows_at_once() {
+    let Some(store) = held_store().await else { return };
+    let ids = store.enqueue(vec![NewMessage::new("held.crash", "x").key("k")]).await.unwrap();
+    let crashed = peer(&store, "held_crashing_relay", 2).await;
+    assert_eq!(crashed.claim_ids(&ids, &Lease::new(TTL)).await.unwrap().len(), 1);
+    assert!(store.claim_ids(&ids, &Lease::new(TTL)).await.unwrap().is_empty(), "held by the other relay");
+
+    // The relay's connection dies (process killed): Postgres rolls its transaction back.
+    let killed = scalar(
+        &store,
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'held_crashing_relay'"
+            .into(),
+    )
+    .await;
+    assert!(killed >= 1);
+    let lease = Lease::new(TTL);
+    let taken = eventually("the dead relay's row to be claimable", Duration::from_secs(10), || {
+        let (store, ids, lease) = (store.clone(), ids.clone(), lease);
+        async move { Some(store.claim_ids(&ids, &lease).await.unwrap()).filter(|v| !v.is_empty()) }
+    })
+    .await;
+    assert_eq!(taken.len(), 1, "taken over long before the 30 s claim TTL");
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_settle_commits_and_keeps_the_rest_claimed() {
+    let Some(store) = held_store().await else { return };
+    let ids = store.enqueue((0..3).map(|i| NewMessage::new("held.partial", i.to_string())).collect()).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(store.claim_ids(&ids, &lease).await.unwrap().len(), 3);
+
+    assert_eq!(store.complete(&ids[..1], &lease).await.unwrap(), 1);
+    let t = table(&store);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 2, "the complete is durable at once");
+    let other = peer(&store, "held_peer_partial", 2).await;
+    assert!(other.claim_due(10, Duration::ZERO, &Lease::new(TTL)).await.unwrap().is_empty(), "the rest stays claimed");
+    assert!(store.complete(&ids[1..], &Lease::new(TTL)).await.unwrap() == 0, "a stranger cannot settle them");
+
+    let failures: Vec<Failure> = ids[1..]
+        .iter()
+        .map(|id| Failure { id: *id, error: "broker said no".into(), disposition: Disposition::DeadLetter })
+        .collect();
+    store.fail(&failures, &lease).await.unwrap();
+    let dead = scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE status = 2 AND attempts = 1")).await;
+    assert_eq!(dead, 2, "the failures were recorded under the lease the rest was given");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_beyond_half_the_pool_take_a_lease() {
+    let Some(store) = held_store().await else { return };
+    let small = peer(&store, "held_small_pool", 2).await; // one held claim at most
+    let ids = store.enqueue((0..4).map(|i| NewMessage::new("held.cap", i.to_string())).collect()).await.unwrap();
+    let (first, second) = (Lease::new(TTL), Lease::new(TTL));
+    assert_eq!(small.claim_ids(&ids[..2], &first).await.unwrap().len(), 2);
+    // The pool's other connection stays free for writers: this claim leases instead of waiting.
+    let claim = small.claim_ids(&ids[2..], &second);
+    let got = tokio::time::timeout(Duration::from_secs(10), claim).await.expect("the claim did not wait").unwrap();
+    assert_eq!(got.len(), 2);
+    let t = table(&store);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await, 2);
+    assert_eq!(small.stats().await.unwrap().claimed, 4);
+    assert_eq!(small.complete(&ids[2..], &second).await.unwrap(), 2);
+    assert_eq!(small.complete(&ids[..2], &first).await.unwrap(), 2);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 0);
+}
+
+#[tokio::test]
+async fn transaction_claims_are_postgres_only() {
+    let dir = std::env::temp_dir().join(format!("held-{}", outbox_core::testkit::unique_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = outbox_sea_orm::connect_sqlite(dir.join("x.db")).await.unwrap();
+    let err = SqlStore::new(db, SqlStoreConfig::default().claim_mode(ClaimMode::Transaction)).unwrap_err();
+    assert!(err.to_string().contains("`store.claim_mode`") && err.to_string().contains("Postgres-only"), "{err}");
+}
