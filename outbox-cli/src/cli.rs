@@ -69,6 +69,18 @@ pub(crate) enum NotifierKind {
     None,
 }
 
+/// How a claim holds its rows (`outbox_sea_orm::ClaimMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ClaimModeArg {
+    /// Transaction on Postgres, lease elsewhere.
+    Auto,
+    /// A lease written on each claimed row.
+    Lease,
+    /// Postgres: row locks in a transaction held until the batch settles.
+    Transaction,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RetentionArg {
@@ -115,6 +127,9 @@ pub(crate) struct RelayArgs {
     /// What completing a message does with its row.
     #[arg(long, env = "OUTBOX_RETENTION", value_enum)]
     pub(crate) retention: Option<RetentionArg>,
+    /// How a claim holds its rows until they are settled.
+    #[arg(long, env = "OUTBOX_CLAIM_MODE", value_enum)]
+    pub(crate) claim_mode: Option<ClaimModeArg>,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9000.
     #[arg(long, env = "OUTBOX_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{BusKind, Cli, LogFormat, NotifierKind, RelayArgs, RetentionArg, parse_duration, parse_url};
+use crate::cli::{BusKind, ClaimModeArg, Cli, LogFormat, NotifierKind, RelayArgs, RetentionArg, parse_duration, parse_url};
 
 /// The file's shape; every field optional.
 ///
@@ -42,6 +42,7 @@ struct FileRelay {
     claim_ttl: Option<String>,
     max_attempts: Option<u32>,
     retention: Option<RetentionArg>,
+    claim_mode: Option<ClaimModeArg>,
     metrics_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
 }
@@ -69,6 +70,7 @@ pub(crate) struct RelaySettings {
     pub(crate) claim_ttl: Option<Duration>,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) retention: RetentionArg,
+    pub(crate) claim_mode: ClaimModeArg,
     pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) health_addr: Option<SocketAddr>,
 }
@@ -127,6 +129,7 @@ impl FileConfig {
             claim_ttl: duration(args.claim_ttl, f.claim_ttl.as_deref(), "claim_ttl")?,
             max_attempts: args.max_attempts.or(f.max_attempts),
             retention: args.retention.or(f.retention).unwrap_or(RetentionArg::Delete),
+            claim_mode: args.claim_mode.or(f.claim_mode).unwrap_or(ClaimModeArg::Auto),
             metrics_addr: args.metrics_addr.or(f.metrics_addr),
             health_addr: args.health_addr.or(f.health_addr),
         })

@@ -6,7 +6,7 @@
 //! what it reports is durable: rows of the claim that are still unsettled get a lease first.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use outbox_core::message::{duration_millis, now_millis};
@@ -23,6 +23,8 @@ use crate::store::{Pick, Row, SqlStore};
 pub(crate) struct HeldClaims {
     claims: Mutex<HashMap<Uuid, Held>>,
     in_use: Arc<AtomicUsize>,
+    /// The last sweep found nothing.
+    idle: AtomicBool,
     /// Most claims held at once; each pins a pooled connection.
     capacity: usize,
 }
@@ -54,7 +56,20 @@ impl Drop for Slot {
 
 impl HeldClaims {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { claims: Mutex::default(), in_use: Arc::default(), capacity: capacity.max(1) }
+        Self {
+            claims: Mutex::default(),
+            in_use: Arc::default(),
+            idle: AtomicBool::new(true),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub(crate) fn idle(&self) -> bool {
+        self.idle.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_idle(&self, idle: bool) {
+        self.idle.store(idle, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Held>> {

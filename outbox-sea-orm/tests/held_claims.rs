@@ -44,7 +44,7 @@ async fn a_held_claim_writes_nothing_and_excludes_other_relays() {
     assert_eq!(store.claim_mode(), ClaimMode::Transaction);
     let ids = store.enqueue((0..5).map(|i| NewMessage::new("held.a", i.to_string())).collect()).await.unwrap();
     let lease = Lease::new(TTL);
-    assert_eq!(store.claim_due(10, Duration::ZERO, &lease).await.unwrap().len(), 5);
+    assert_eq!(store.claim_ids(&ids, &lease).await.unwrap().len(), 5);
 
     let t = table(&store);
     let leased = scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await;
@@ -57,6 +57,28 @@ async fn a_held_claim_writes_nothing_and_excludes_other_relays() {
     assert_eq!(store.complete(&ids, &lease).await.unwrap(), 5);
     assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 0, "complete committed");
     assert_eq!(store.stats().await.unwrap().claimed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_take_leases_while_idle_and_hold_claims_once_busy() {
+    let Some(store) = held_store().await else { return };
+    let t = table(&store);
+    let leased = || scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL"));
+    assert!(store.claim_due(10, Duration::ZERO, &Lease::new(TTL)).await.unwrap().is_empty());
+    let ids = store.enqueue((0..6).map(|i| NewMessage::new("held.sweep", i.to_string())).collect()).await.unwrap();
+
+    // After an empty sweep, one statement: a lease.
+    let first = Lease::new(TTL);
+    assert_eq!(store.claim_due(2, Duration::ZERO, &first).await.unwrap().len(), 2);
+    assert_eq!(leased().await, 2);
+    // It found work: the next sweeps hold their claims.
+    let second = Lease::new(TTL);
+    assert_eq!(store.claim_due(2, Duration::ZERO, &second).await.unwrap().len(), 2);
+    assert_eq!(leased().await, 2, "the held claim wrote nothing");
+    assert_eq!(store.stats().await.unwrap().claimed, 4);
+    assert_eq!(store.complete(&ids[..2], &first).await.unwrap(), 2);
+    assert_eq!(store.complete(&ids[2..4], &second).await.unwrap(), 2);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

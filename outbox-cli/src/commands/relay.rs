@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use outbox::{FallbackConfig, ListenerConfig, NoopNotifier, Notifier, OutboxStore, Relay, RelayConfig, Retention};
+use outbox::sea_orm::ClaimMode;
 use sea_orm::DbBackend;
 
 use crate::backends::{self, redact};
-use crate::cli::{BusKind, NotifierKind, RetentionArg};
+use crate::cli::{BusKind, ClaimModeArg, NotifierKind, RetentionArg};
 use crate::health;
 use crate::settings::{Common, RelaySettings};
 
@@ -24,8 +25,13 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
         RetentionArg::Delete => Retention::Delete,
         RetentionArg::Keep => Retention::KeepPublished,
     };
-    let store: Arc<dyn OutboxStore> =
-        Arc::new(outbox::sea_orm::SqlStore::new(db.clone(), backends::store_config(common, retention, None))?);
+    let claim_mode = match s.claim_mode {
+        ClaimModeArg::Auto => ClaimMode::Auto,
+        ClaimModeArg::Lease => ClaimMode::Lease,
+        ClaimModeArg::Transaction => ClaimMode::Transaction,
+    };
+    let store_config = backends::store_config(common, retention, None).claim_mode(claim_mode);
+    let store: Arc<dyn OutboxStore> = Arc::new(outbox::sea_orm::SqlStore::new(db.clone(), store_config)?);
 
     let config = relay_config(&s)?;
     let (bus, broker_check) = match s.bus {
