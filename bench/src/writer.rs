@@ -8,7 +8,7 @@ use outbox::{ChannelNotifier, NewMessage, Notifier};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 use crate::env::{Env, suffix};
-use crate::report::{Report, rate};
+use crate::report::{Check, Goal, Report, Row, num, rate};
 
 async fn framework(store: &outbox::sea_orm::SqlStore, biz: &str, n: usize) -> Duration {
     let start = Instant::now();
@@ -58,8 +58,12 @@ async fn by_hand(env: &Env, table: &str, biz: &str, n: usize) -> Duration {
     start.elapsed()
 }
 
+/// Runs the framework writer, the hand-written one and the framework with a full notice
+/// channel in interleaved rounds, so drift on a shared machine hits all three alike.
 pub(crate) async fn run(env: &Env, report: &mut Report, quick: bool) {
-    let n = if quick { 400 } else { 2_000 };
+    let (n, rounds) = if quick { (1_200, 12) } else { (6_000, 30) };
+    let per_round = n / rounds;
+    println!("# writer: {n} transactions per variant in {rounds} interleaved rounds");
     let table = env.table(false).await;
     let biz = format!("bench_orders_{}", suffix());
     env.db
@@ -75,29 +79,64 @@ pub(crate) async fn run(env: &Env, report: &mut Report, quick: bool) {
     let normal_store = table.store.clone().with_notifier(drained);
     let full_store = table.store.clone().with_notifier(full.clone());
 
-    // Interleave rounds so drift on a shared machine hits every variant alike.
+    // Warm up the pool and the prepared statements of each variant.
+    framework(&normal_store, &biz, 50).await;
+    by_hand(env, &table.name, &biz, 50).await;
+
+    // Short rounds in rotating order; the median of per-round ratios shrugs off the bursts of
+    // load other people put on the machine, which a ratio of total times does not.
     let (mut fw, mut hand, mut fw_full) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    for _ in 0..4 {
-        fw += framework(&normal_store, &biz, n / 4).await;
-        hand += by_hand(env, &table.name, &biz, n / 4).await;
-        fw_full += framework(&full_store, &biz, n / 4).await;
+    let (mut vs_hand, mut vs_drained) = (Vec::new(), Vec::new());
+    let cpu0 = env.cpu().await;
+    for round in 0..rounds {
+        let mut t = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let variant = (round + k) % 3;
+            t[variant] = match variant {
+                0 => framework(&normal_store, &biz, per_round).await,
+                1 => by_hand(env, &table.name, &biz, per_round).await,
+                _ => framework(&full_store, &biz, per_round).await,
+            };
+        }
+        vs_hand.push(t[0].as_secs_f64() / t[1].as_secs_f64());
+        vs_drained.push(t[2].as_secs_f64() / t[0].as_secs_f64());
+        fw += t[0];
+        hand += t[1];
+        fw_full += t[2];
     }
-    let ratio = fw.as_secs_f64() / hand.as_secs_f64();
-    report.row("writer", "hand-written SQL: business row + outbox row, 1 tx", rate(n, hand), "tx/s", None);
-    report.row(
-        "writer",
-        "framework transaction() + enqueue + notify",
-        rate(n, fw),
-        "tx/s",
-        Some(("hand-written (time ratio)", ratio, 1.15)),
+    let usage = cpu0.until(&env.cpu().await);
+    let n = per_round * rounds;
+    report.add(
+        Row::new(
+            "writer",
+            "hand-written SQL: BEGIN; INSERT business row; INSERT outbox row; COMMIT",
+            rate(n, hand),
+            "tx/s",
+        )
+        .n(n)
+        .note(usage.load()),
     );
-    let full_ratio = fw_full.as_secs_f64() / fw.as_secs_f64();
-    report.row(
-        "writer",
-        &format!("framework with a full notice channel ({} notices dropped)", full.dropped()),
-        rate(n, fw_full),
-        "tx/s",
-        Some(("framework with a drained channel (time ratio)", full_ratio, 1.15)),
+    let spread = |r: &[f64]| {
+        let mut r = r.to_vec();
+        r.sort_by(f64::total_cmp);
+        (r[r.len() / 2], r[r.len() / 10], r[r.len() - 1 - r.len() / 10])
+    };
+    let (median, lo, hi) = spread(&vs_hand);
+    report.add(
+        Row::new("writer", "SqlStore::transaction: business row + enqueue, commit, notify", rate(n, fw), "tx/s")
+            .n(n)
+            .check(Check::ratio("the hand-written time (median of rounds)", median, Some(Goal::AtMost(1.15))))
+            .note(format!(
+                "rounds p10–p90 {lo:.2}–{hi:.2}; ratio of total times {:.2}",
+                fw.as_secs_f64() / hand.as_secs_f64()
+            )),
+    );
+    let (median, lo, hi) = spread(&vs_drained);
+    report.add(
+        Row::new("writer", "the same with a full notice channel (capacity 1, never drained)", rate(n, fw_full), "tx/s")
+            .n(n)
+            .check(Check::ratio("the drained-channel time (median of rounds)", median, Some(Goal::AtMost(1.15))))
+            .note(format!("rounds p10–p90 {lo:.2}–{hi:.2}; {} notices dropped", num(full.dropped() as f64))),
     );
     let _ = env.db.execute_unprepared(&format!("DROP TABLE \"{biz}\"")).await;
     table.drop().await;
