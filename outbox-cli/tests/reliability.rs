@@ -247,6 +247,80 @@ async fn database_outage_recovers_without_a_restart() {
     db.drop_table().await;
 }
 
+/// Writes `n` messages like `spawn_writer`, but rides out a database that goes away: a failed
+/// transaction is retried until it commits (a commit whose answer was lost is detected by
+/// looking its first message up), as a service retrying its requests would.
+fn spawn_persistent_writer(
+    db: &Db,
+    n: usize,
+    keys: usize,
+    pace: Duration,
+) -> tokio::task::JoinHandle<std::collections::HashMap<String, Vec<MessageId>>> {
+    let store = db.store.clone();
+    tokio::spawn(async move {
+        let mut by_key: std::collections::HashMap<String, Vec<MessageId>> = std::collections::HashMap::new();
+        let mut i = 0;
+        while i < n {
+            let batch: Vec<_> = (i..(i + 10).min(n))
+                .map(|j| NewMessage::new("orders", vec![b'x'; 256]).key(format!("key-{}", j % keys)))
+                .collect();
+            tokio::time::sleep(pace).await;
+            let first = batch[0].id;
+            loop {
+                let attempt = batch.clone();
+                let tx = store.transaction(|_txn| Box::pin(async move { Ok::<_, outbox::Error>(((), attempt)) }));
+                if tx.await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if committed(&store, first).await {
+                    break;
+                }
+            }
+            for m in &batch {
+                by_key.entry(m.key.clone().unwrap()).or_default().push(m.id);
+            }
+            i += batch.len();
+        }
+        by_key
+    })
+}
+
+/// Whether a message is in the table. (Had it been published and deleted already, the retry
+/// enqueues it again and JetStream's dedup drops the repeat.)
+async fn committed(store: &outbox::sea_orm::SqlStore, id: MessageId) -> bool {
+    use sea_orm::ConnectionTrait;
+    let sql = format!("SELECT 1 AS x FROM \"{}\" WHERE id = '{}'", store.config().table, id.as_uuid());
+    let db = store.connection();
+    matches!(db.query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await, Ok(Some(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_restart_recovers_without_a_relay_restart() {
+    let Some(sink) = NatsSink::new().await else { return };
+    let server = common::PrivatePostgres::start();
+    let db = Db::at(server.url.clone()).await.expect("private postgres");
+    let env = nats_env(&db, &sink, &common::nats_url());
+    let mut relay = RelayProcess::start(&env, &[]);
+    relay.wait_ready().await;
+    let n = if full_scale() { 20_000 } else { 3_000 };
+    let writer = spawn_persistent_writer(&db, n, 100, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop();
+    tokio::time::sleep(outage()).await;
+    server.start_again();
+    let committed = writer.await.unwrap();
+    let drain = drained(&db, Duration::from_secs(120)).await;
+    assert!(relay.is_running(), "the relay recovered by itself");
+    relay.terminate().await;
+    let verdict = Verdict::of(&committed, &sink.stored().await);
+    let dup_before = sink.publishes().saturating_sub(verdict.delivered);
+    row(&format!("Postgres restart (stopped {:?})", outage()), &verdict, dup_before, drain);
+    assert_eq!(verdict.committed, n);
+    assert_eq!((verdict.lost, verdict.duplicates_seen, verdict.order_violations), (0, 0, 0), "{verdict:?}");
+    sink.delete().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_and_replay_after_the_fix() {
     // The stream takes `orders` only, so another topic has no stream until the fix.
@@ -299,6 +373,71 @@ async fn poison_messages_are_dead_lettered_and_replay_after_the_fix() {
     relay.terminate().await;
     let _ = js.delete_stream(&fix).await;
     row("poison (oversized + unroutable among others)", &verdict, 0, Duration::ZERO);
+    sink.delete().await;
+    db.drop_table().await;
+}
+
+/// The p99 of `latencies`.
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_does_not_delay_other_keys() {
+    let (Some(db), Some(sink)) = (Db::new().await, NatsSink::new().await) else { return };
+    let max = sink.client.server_info().max_payload;
+    let env = nats_env(&db, &sink, &common::nats_url());
+    let mut relay = RelayProcess::start(&env, &["--max-attempts", "3"]);
+    relay.wait_ready().await;
+    // Windows with and without poison alternate, so machine noise hits both alike.
+    let (windows, per_window) = if full_scale() { (10, 1_000) } else { (6, 300) };
+    let mut commit_times: Vec<(bool, MessageId, Instant)> = Vec::new();
+    let mut poison = Vec::new();
+    for w in 0..windows {
+        let poisoned = w % 2 == 1;
+        if poisoned {
+            let m = NewMessage::new("orders", vec![b'x'; max + 1]).key(format!("poison-{w}"));
+            poison.push(m.id);
+            db.store.transaction(|_t| Box::pin(async move { Ok::<_, outbox::Error>(((), vec![m])) })).await.unwrap();
+        }
+        for i in (0..per_window).step_by(10) {
+            let batch: Vec<_> = (i..i + 10)
+                .map(|j| NewMessage::new("orders", vec![b'x'; 256]).key(format!("key-{}", j % 50)))
+                .collect();
+            let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+            db.store.transaction(|_t| Box::pin(async move { Ok::<_, outbox::Error>(((), batch)) })).await.unwrap();
+            let at = Instant::now();
+            commit_times.extend(ids.into_iter().map(|id| (poisoned, id, at)));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let ok = common::wait_until(Duration::from_secs(60), || async {
+        let s = db.store.stats().await.unwrap();
+        s.pending == 0 && s.dead == poison.len() as u64
+    })
+    .await;
+    assert!(ok, "every poison message dead-lettered, everything else published");
+    relay.terminate().await;
+    let dead = db.store.dead_letters(&Default::default()).await.unwrap();
+    assert!(dead.iter().all(|d| poison.contains(&d.message.id) && d.message.last_error.is_some()));
+
+    let seen = sink.first_seen();
+    let latency = |poisoned: bool| -> Vec<Duration> {
+        commit_times
+            .iter()
+            .filter(|(p, _, _)| *p == poisoned)
+            .map(|(_, id, at)| seen.get(id).expect("every message reached the broker").saturating_duration_since(*at))
+            .collect()
+    };
+    let (clean, poisoned) = (p99(latency(false)), p99(latency(true)));
+    let ratio = poisoned.as_secs_f64() / clean.as_secs_f64().max(1e-6);
+    println!(
+        "poison: other keys' commit → broker p99 {:.2} ms with poison vs {:.2} ms without ({ratio:.2}×)",
+        poisoned.as_secs_f64() * 1e3,
+        clean.as_secs_f64() * 1e3
+    );
+    assert!(ratio <= 2.0, "other keys' p99 with poison {poisoned:?} vs {clean:?} without");
     sink.delete().await;
     db.drop_table().await;
 }

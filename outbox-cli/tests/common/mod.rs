@@ -54,7 +54,11 @@ pub struct Db {
 impl Db {
     /// `None` (skip) when Postgres is unreachable outside strict mode.
     pub async fn new() -> Option<Self> {
-        let url = pg_url();
+        Self::at(pg_url()).await
+    }
+
+    /// An outbox table on the server at `url`.
+    pub async fn at(url: String) -> Option<Self> {
         let db = match sea_orm::Database::connect(&url).await {
             Ok(db) => db,
             Err(e) => return unreachable_server("OUTBOX_TEST_POSTGRES_URL", &url, e),
@@ -173,7 +177,7 @@ pub struct NatsSink {
     pub client: async_nats::Client,
     pub stream: String,
     pub prefix: String,
-    tap: Arc<std::sync::Mutex<Vec<MessageId>>>,
+    tap: Arc<std::sync::Mutex<Vec<(MessageId, std::time::Instant)>>>,
     tap_task: JoinHandle<()>,
 }
 
@@ -211,7 +215,7 @@ impl NatsSink {
                 if let Some(Ok(id)) =
                     m.headers.as_ref().and_then(|h| h.get("Outbox-Message-Id")).map(|id| id.as_str().parse())
                 {
-                    seen.lock().unwrap().push(id);
+                    seen.lock().unwrap().push((id, std::time::Instant::now()));
                 }
             }
         });
@@ -221,6 +225,15 @@ impl NatsSink {
     /// Every publish the tap saw (duplicates included).
     pub fn publishes(&self) -> usize {
         self.tap.lock().unwrap().len()
+    }
+
+    /// When the tap first saw each message.
+    pub fn first_seen(&self) -> HashMap<MessageId, std::time::Instant> {
+        let mut first = HashMap::new();
+        for (id, at) in self.tap.lock().unwrap().iter() {
+            first.entry(*id).or_insert(*at);
+        }
+        first
     }
 
     /// The stream's messages in stream order: (key, id).
@@ -415,4 +428,96 @@ pub async fn redis_stream(
             Some((field("Outbox-Key")?, field("Outbox-Message-Id")?.parse().ok()?))
         })
         .collect()
+}
+
+/// A Postgres server of the test's own (`initdb` in a temporary directory, a free port), so a
+/// test can stop and start a real server without disturbing the shared one.
+pub struct PrivatePostgres {
+    pub url: String,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (Debian's postgresql package)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let dir = std::env::temp_dir().join(format!("outbox-pg-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).expect("data dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let me = Self { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin, port };
+        if Self::as_root() {
+            // initdb and postgres refuse to run as root.
+            let ok = Command::new("chown").arg("postgres:postgres").arg(&me.dir).status().expect("chown");
+            assert!(ok.success(), "chown {} to postgres", me.dir.display());
+        }
+        let data = me.dir.join("data");
+        me.pg("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        me.ctl("start");
+        me
+    }
+
+    fn as_root() -> bool {
+        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    }
+
+    /// Runs a server binary, as the `postgres` user when the tests run as root.
+    fn pg(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if Self::as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(out.status.success(), "{tool} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn ctl(&self, action: &str) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        let mut args = vec!["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60"];
+        if action == "start" {
+            args.extend(["-o", &options]);
+        } else {
+            args.extend(["-m", "fast"]);
+        }
+        args.push(action);
+        self.pg("pg_ctl", &args);
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut, as in a restart).
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn start_again(&self) {
+        self.ctl("start");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = Command::new(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        if Self::as_root() {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
