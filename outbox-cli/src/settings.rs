@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{BusKind, ClaimModeArg, Cli, LogFormat, NotifierKind, RelayArgs, RetentionArg, parse_duration, parse_url};
+use crate::cli::{
+    BusKind, ClaimModeArg, Cli, LogFormat, NotifierKind, RelayArgs, RetentionArg, parse_duration, parse_url,
+};
 
 /// The file's shape; every field optional.
 ///

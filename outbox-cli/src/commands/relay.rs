@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use outbox::{FallbackConfig, ListenerConfig, NoopNotifier, Notifier, OutboxStore, Relay, RelayConfig, Retention};
 use outbox::sea_orm::ClaimMode;
+use outbox::{FallbackConfig, ListenerConfig, NoopNotifier, Notifier, OutboxStore, Relay, RelayConfig, Retention};
 use sea_orm::DbBackend;
 
 use crate::backends::{self, redact};
