@@ -138,7 +138,8 @@ impl SqlStore {
             .push(", true) AS guard FROM ")
             .push(&self.table)
             .push(" c");
-        self.push_claimable(&mut q, now, pick);
+        let held_seqs: Vec<i64> = claim.open.values().copied().collect();
+        self.push_claimable(&mut q, now, pick, &held_seqs);
         q.push(" FOR UPDATE OF c SKIP LOCKED");
         let rows = self.fetch(&claim.txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
         if rows.is_empty() && claim.open.is_empty() {

@@ -58,6 +58,31 @@ pub struct SqlStore {
     /// Claims held in open transactions ([`ClaimMode::Transaction`]), shared by clones.
     #[cfg(feature = "postgres")]
     pub(crate) held: Option<Arc<HeldClaims>>,
+    /// When a sweep may next look past its window.
+    full_sweeps: Arc<Gate>,
+}
+
+/// Lets one caller through per period.
+#[derive(Debug, Default)]
+struct Gate {
+    next_at: std::sync::atomic::AtomicI64,
+}
+
+impl Gate {
+    fn try_pass(&self, now: UnixMillis) -> bool {
+        use std::sync::atomic::Ordering;
+        let next = self.next_at.load(Ordering::Acquire);
+        now >= next
+            && self
+                .next_at
+                .compare_exchange(
+                    next,
+                    now.saturating_add(duration_millis(FULL_SWEEP_EVERY)),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
 }
 
 impl fmt::Debug for SqlStore {
@@ -77,8 +102,23 @@ impl fmt::Debug for SqlStore {
 #[derive(Clone, Copy)]
 pub(crate) enum Pick<'a> {
     Ids(&'a [MessageId]),
-    Due { created_before: UnixMillis, limit: usize },
+    /// `window`: only rows whose `seq` is within this many of the oldest pending row.
+    Due {
+        created_before: UnixMillis,
+        limit: usize,
+        window: Option<i64>,
+    },
 }
+
+/// A sweep looks this many `seq`s past the oldest pending row (at least; 10 × its limit if
+/// more). Rows blocked behind an in-flight head of their key cost an index probe each; the
+/// window keeps a sweep that finds nothing from walking the whole backlog to say so.
+const SWEEP_WINDOW: i64 = 10_000;
+
+/// How often a sweep whose window came back short may look at the whole backlog: rows
+/// beyond the window are claimable then even when the window is full of parked rows (those
+/// behind a dead or backing-off head of their key).
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl SqlStore {
     /// A store over `db` (any SeaORM connection pool); validates `config`.
@@ -123,6 +163,7 @@ impl SqlStore {
             notifier: None,
             #[cfg(feature = "postgres")]
             held,
+            full_sweeps: Arc::default(),
         })
     }
 
@@ -178,8 +219,10 @@ impl SqlStore {
         }
     }
 
-    /// `c` is claimable: pending, due, not under a live claim, and the head of its key.
-    pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>) {
+    /// `c` is claimable: pending, due, not under a live claim, and the head of its key; and
+    /// not among `held`, rows this claim's own transaction already locked (its own locks do
+    /// not make `SKIP LOCKED` skip them).
+    pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[i64]) {
         q.push(" WHERE c.status = 0 AND c.available_at <= ")
             .bind(now)
             .push(" AND (c.claimed_until IS NULL OR c.claimed_until <= ")
@@ -187,17 +230,38 @@ impl SqlStore {
             .push(") AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
             .push(&self.table)
             .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)))");
+        if !held.is_empty() {
+            q.push(" AND NOT ").seq_in(held.iter().copied());
+        }
         match pick {
             Pick::Ids(ids) => {
                 q.push(" AND ").uuid_in("c.id", ids.iter().map(|id| id.as_uuid()));
             }
-            Pick::Due { created_before, limit } => {
+            Pick::Due { created_before, limit, window } => {
                 q.push(" AND (c.attempts > 0 OR c.claimed_until IS NOT NULL OR c.created_at <= ")
                     .bind(created_before)
-                    .push(") ORDER BY c.seq LIMIT ")
-                    .bind(limit_value(limit));
+                    .push(")");
+                if let Some(window) = window {
+                    q.push(" AND c.seq < (SELECT MIN(w.seq) FROM ")
+                        .push(&self.table)
+                        .push(" w WHERE w.status = 0) + ")
+                        .bind(window);
+                }
+                q.push(" ORDER BY c.seq LIMIT ").bind(limit_value(limit));
             }
         }
+    }
+
+    /// A sweep: the window past the oldest pending row first, the whole backlog when that
+    /// came back short and the last full sweep is [`FULL_SWEEP_EVERY`] ago.
+    async fn sweep(&self, created_before: UnixMillis, limit: usize, lease: &Lease) -> Result<Vec<OutboxMessage>> {
+        let window = SWEEP_WINDOW.max(limit_value(limit).saturating_mul(10));
+        let mut claimed = self.claim(Pick::Due { created_before, limit, window: Some(window) }, lease).await?;
+        if claimed.len() < limit && self.full_sweeps.try_pass(now_millis()) {
+            let rest = Pick::Due { created_before, limit: limit - claimed.len(), window: None };
+            claimed.extend(self.claim(rest, lease).await?);
+        }
+        Ok(claimed)
     }
 
     async fn claim(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<OutboxMessage>> {
@@ -248,7 +312,7 @@ impl SqlStore {
             .push(" WHERE seq IN (SELECT c.seq FROM ")
             .push(&self.table)
             .push(" c");
-        self.push_claimable(&mut q, now, pick);
+        self.push_claimable(&mut q, now, pick, &[]);
         if self.dialect == Dialect::Postgres {
             q.push(" FOR UPDATE OF c SKIP LOCKED");
         }
@@ -269,7 +333,7 @@ impl SqlStore {
             self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await.map_err(|e| self.db_err(e))?;
         let mut q = Query::new(self.dialect);
         q.push("SELECT ").push(MESSAGE_COLUMNS).push(" FROM ").push(&self.table).push(" c");
-        self.push_claimable(&mut q, now, pick);
+        self.push_claimable(&mut q, now, pick, &[]);
         q.push(" FOR UPDATE SKIP LOCKED");
         let rows = self.fetch(&txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
         if !rows.is_empty() {
@@ -502,7 +566,7 @@ impl OutboxStore for SqlStore {
             return Ok(Vec::new());
         }
         let created_before = now_millis().saturating_sub(duration_millis(min_age));
-        self.claim(Pick::Due { created_before, limit }, lease).await
+        self.sweep(created_before, limit, lease).await
     }
 
     async fn complete(&self, ids: &[MessageId], lease: &Lease) -> Result<u64> {
@@ -719,7 +783,12 @@ mod explain_tests {
         let lease = Lease::new(Duration::from_secs(30));
         let now = now_millis();
         let until = now + 30_000;
-        let due = store.claim_update(Pick::Due { created_before: now - 2_000, limit: 500 }, &lease, now, until);
+        let due = store.claim_update(
+            Pick::Due { created_before: now - 2_000, limit: 500, window: Some(SWEEP_WINDOW) },
+            &lease,
+            now,
+            until,
+        );
         let ids: Vec<MessageId> = (0..256).map(|_| MessageId::new()).collect();
         let by_id = store.claim_update(Pick::Ids(&ids), &lease, now, until);
         let plans = [("claim_due", explain(&store, due).await), ("claim_ids", explain(&store, by_id).await)];

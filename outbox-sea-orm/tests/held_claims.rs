@@ -82,6 +82,18 @@ async fn sweeps_take_leases_while_idle_and_hold_claims_once_busy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_claim_in_the_same_transaction_skips_what_it_holds() {
+    let Some(store) = held_store().await else { return };
+    let ids = store.enqueue((0..3).map(|i| NewMessage::new("held.again", i.to_string())).collect()).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(store.claim_ids(&ids[..2], &lease).await.unwrap().len(), 2);
+    // Row locks do not stop their own transaction, so the claim has to leave them out itself.
+    let again = store.claim_ids(&ids, &lease).await.unwrap();
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), vec![ids[2]]);
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_relay_frees_its_rows_at_once() {
     let Some(store) = held_store().await else { return };
     let ids = store.enqueue(vec![NewMessage::new("held.crash", "x").key("k")]).await.unwrap();

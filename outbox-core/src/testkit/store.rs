@@ -21,6 +21,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@delete $setup;
             enqueue_then_claim_ids_returns_every_field,
             claims_are_exclusive_under_concurrent_claimers,
+            a_lease_never_claims_a_message_twice,
             expired_claims_are_taken_over,
             complete_and_fail_need_the_lease,
             claim_due_respects_limit_and_min_age,
@@ -126,6 +127,17 @@ pub async fn claims_are_exclusive_under_concurrent_claimers(store: Arc<dyn Outbo
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "a message was claimed twice");
     assert_eq!(unique.len(), ids.len(), "every message was claimed");
+}
+
+/// Claiming again under the same lease returns only messages it does not hold yet.
+pub async fn a_lease_never_claims_a_message_twice(store: Arc<dyn OutboxStore>) {
+    let ids = store.enqueue((0..4).map(|i| msg("conf.again", None, &i.to_string())).collect()).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(ids_of(&store.claim_ids(&ids[..2], &lease).await.unwrap()), ids[..2].to_vec());
+    assert_eq!(ids_of(&store.claim_ids(&ids[..3], &lease).await.unwrap()), vec![ids[2]], "by id");
+    assert_eq!(ids_of(&store.claim_due(10, Duration::ZERO, &lease).await.unwrap()), vec![ids[3]], "by sweep");
+    assert!(store.claim_due(10, Duration::ZERO, &lease).await.unwrap().is_empty());
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 4);
 }
 
 /// A claim whose lease has expired can be taken over by another claimer.
