@@ -110,6 +110,10 @@ pub(crate) enum Pick<'a> {
     },
 }
 
+/// Claims by id of at least this many messages are held in a transaction
+/// ([`ClaimMode::Transaction`]); smaller ones take a lease.
+const HOLD_FROM_IDS: usize = 32;
+
 /// A sweep looks this many `seq`s past the oldest pending row (at least; 10 × its limit if
 /// more). Rows blocked behind an in-flight head of their key cost an index probe each; the
 /// window keeps a sweep that finds nothing from walking the whole backlog to say so.
@@ -270,9 +274,14 @@ impl SqlStore {
         let sweep = matches!(pick, Pick::Due { .. });
         #[cfg(feature = "postgres")]
         if let Some(held) = &self.held {
-            // An empty held claim costs BEGIN, SELECT, ROLLBACK; a leased one a single statement.
-            // So sweeps take leases while they find nothing, and hold claims once they find work.
-            let rows = if sweep && held.idle() { None } else { self.claim_held(held, pick, lease, now).await? };
+            // A held claim costs two more round trips (BEGIN, COMMIT) and saves a row version per
+            // message: it pays off for big batches. Small claims by id (the listener at low
+            // rates, where latency counts) and sweeps that keep finding nothing take leases.
+            let hold = match pick {
+                Pick::Ids(ids) => ids.len() >= HOLD_FROM_IDS,
+                Pick::Due { .. } => !held.idle(),
+            };
+            let rows = if hold { self.claim_held(held, pick, lease, now).await? } else { None };
             if let Some(mut rows) = rows {
                 if sweep {
                     held.set_idle(rows.is_empty());

@@ -13,6 +13,13 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
 
 const TTL: Duration = Duration::from_secs(30);
 
+/// Claims by id of fewer messages than this take a lease instead.
+const HELD: usize = 32;
+
+fn messages(topic: &str, n: usize) -> Vec<NewMessage> {
+    (0..n).map(|i| NewMessage::new(topic, i.to_string())).collect()
+}
+
 async fn held_store() -> Option<SqlStore> {
     common::store(Backend::Postgres, SqlStoreConfig::default().claim_mode(ClaimMode::Transaction)).await
 }
@@ -42,21 +49,32 @@ fn table(store: &SqlStore) -> String {
 async fn a_held_claim_writes_nothing_and_excludes_other_relays() {
     let Some(store) = held_store().await else { return };
     assert_eq!(store.claim_mode(), ClaimMode::Transaction);
-    let ids = store.enqueue((0..5).map(|i| NewMessage::new("held.a", i.to_string())).collect()).await.unwrap();
+    let ids = store.enqueue(messages("held.a", HELD)).await.unwrap();
     let lease = Lease::new(TTL);
-    assert_eq!(store.claim_ids(&ids, &lease).await.unwrap().len(), 5);
+    assert_eq!(store.claim_ids(&ids, &lease).await.unwrap().len(), HELD);
 
     let t = table(&store);
     let leased = scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await;
     assert_eq!(leased, 0, "the claim wrote no lease on the rows");
-    assert_eq!(store.stats().await.unwrap().claimed, 5, "this store counts the rows it holds");
+    assert_eq!(store.stats().await.unwrap().claimed, HELD as u64, "this store counts the rows it holds");
     let other = peer(&store, "held_peer_a", 2).await;
     assert!(other.claim_due(10, Duration::ZERO, &Lease::new(TTL)).await.unwrap().is_empty(), "rows are locked");
     assert!(other.claim_ids(&ids, &Lease::new(TTL)).await.unwrap().is_empty());
 
-    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 5);
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), HELD as u64);
     assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 0, "complete committed");
     assert_eq!(store.stats().await.unwrap().claimed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_claims_by_id_take_a_lease() {
+    let Some(store) = held_store().await else { return };
+    let ids = store.enqueue(messages("held.small", 3)).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(store.claim_ids(&ids, &lease).await.unwrap().len(), 3);
+    let t = table(&store);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await, 3);
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,21 +102,21 @@ async fn sweeps_take_leases_while_idle_and_hold_claims_once_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_claim_in_the_same_transaction_skips_what_it_holds() {
     let Some(store) = held_store().await else { return };
-    let ids = store.enqueue((0..3).map(|i| NewMessage::new("held.again", i.to_string())).collect()).await.unwrap();
+    let ids = store.enqueue(messages("held.again", HELD + 1)).await.unwrap();
     let lease = Lease::new(TTL);
-    assert_eq!(store.claim_ids(&ids[..2], &lease).await.unwrap().len(), 2);
+    assert_eq!(store.claim_ids(&ids[..HELD], &lease).await.unwrap().len(), HELD);
     // Row locks do not stop their own transaction, so the claim has to leave them out itself.
     let again = store.claim_ids(&ids, &lease).await.unwrap();
-    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), vec![ids[2]]);
-    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 3);
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), vec![ids[HELD]]);
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), HELD as u64 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_relay_frees_its_rows_at_once() {
     let Some(store) = held_store().await else { return };
-    let ids = store.enqueue(vec![NewMessage::new("held.crash", "x").key("k")]).await.unwrap();
+    let ids = store.enqueue(messages("held.crash", HELD)).await.unwrap();
     let crashed = peer(&store, "held_crashing_relay", 2).await;
-    assert_eq!(crashed.claim_ids(&ids, &Lease::new(TTL)).await.unwrap().len(), 1);
+    assert_eq!(crashed.claim_ids(&ids, &Lease::new(TTL)).await.unwrap().len(), HELD);
     assert!(store.claim_ids(&ids, &Lease::new(TTL)).await.unwrap().is_empty(), "held by the other relay");
 
     // The relay's connection dies (process killed): Postgres rolls its transaction back.
@@ -110,25 +128,26 @@ async fn a_dead_relay_frees_its_rows_at_once() {
     .await;
     assert!(killed >= 1);
     let lease = Lease::new(TTL);
-    let taken = eventually("the dead relay's row to be claimable", Duration::from_secs(10), || {
+    let taken = eventually("the dead relay's rows to be claimable", Duration::from_secs(10), || {
         let (store, ids, lease) = (store.clone(), ids.clone(), lease);
         async move { Some(store.claim_ids(&ids, &lease).await.unwrap()).filter(|v| !v.is_empty()) }
     })
     .await;
-    assert_eq!(taken.len(), 1, "taken over long before the 30 s claim TTL");
-    assert_eq!(store.complete(&ids, &lease).await.unwrap(), 1);
+    assert_eq!(taken.len(), HELD, "taken over long before the 30 s claim TTL");
+    assert_eq!(store.complete(&ids, &lease).await.unwrap(), HELD as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_settle_commits_and_keeps_the_rest_claimed() {
     let Some(store) = held_store().await else { return };
-    let ids = store.enqueue((0..3).map(|i| NewMessage::new("held.partial", i.to_string())).collect()).await.unwrap();
+    let ids = store.enqueue(messages("held.partial", HELD)).await.unwrap();
     let lease = Lease::new(TTL);
-    assert_eq!(store.claim_ids(&ids, &lease).await.unwrap().len(), 3);
+    assert_eq!(store.claim_ids(&ids, &lease).await.unwrap().len(), HELD);
 
     assert_eq!(store.complete(&ids[..1], &lease).await.unwrap(), 1);
     let t = table(&store);
-    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 2, "the complete is durable at once");
+    let rest = HELD as i64 - 1;
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, rest, "the complete is durable at once");
     let other = peer(&store, "held_peer_partial", 2).await;
     assert!(other.claim_due(10, Duration::ZERO, &Lease::new(TTL)).await.unwrap().is_empty(), "the rest stays claimed");
     assert!(store.complete(&ids[1..], &Lease::new(TTL)).await.unwrap() == 0, "a stranger cannot settle them");
@@ -139,25 +158,26 @@ async fn a_partial_settle_commits_and_keeps_the_rest_claimed() {
         .collect();
     store.fail(&failures, &lease).await.unwrap();
     let dead = scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE status = 2 AND attempts = 1")).await;
-    assert_eq!(dead, 2, "the failures were recorded under the lease the rest was given");
+    assert_eq!(dead, rest, "the failures were recorded under the lease the rest was given");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_beyond_half_the_pool_take_a_lease() {
     let Some(store) = held_store().await else { return };
     let small = peer(&store, "held_small_pool", 2).await; // one held claim at most
-    let ids = store.enqueue((0..4).map(|i| NewMessage::new("held.cap", i.to_string())).collect()).await.unwrap();
+    let ids = store.enqueue(messages("held.cap", 2 * HELD)).await.unwrap();
     let (first, second) = (Lease::new(TTL), Lease::new(TTL));
-    assert_eq!(small.claim_ids(&ids[..2], &first).await.unwrap().len(), 2);
+    assert_eq!(small.claim_ids(&ids[..HELD], &first).await.unwrap().len(), HELD);
     // The pool's other connection stays free for writers: this claim leases instead of waiting.
-    let claim = small.claim_ids(&ids[2..], &second);
+    let claim = small.claim_ids(&ids[HELD..], &second);
     let got = tokio::time::timeout(Duration::from_secs(10), claim).await.expect("the claim did not wait").unwrap();
-    assert_eq!(got.len(), 2);
+    assert_eq!(got.len(), HELD);
     let t = table(&store);
-    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await, 2);
-    assert_eq!(small.stats().await.unwrap().claimed, 4);
-    assert_eq!(small.complete(&ids[2..], &second).await.unwrap(), 2);
-    assert_eq!(small.complete(&ids[..2], &first).await.unwrap(), 2);
+    let leased = scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await;
+    assert_eq!(leased, HELD as i64);
+    assert_eq!(small.stats().await.unwrap().claimed, 2 * HELD as u64);
+    assert_eq!(small.complete(&ids[HELD..], &second).await.unwrap(), HELD as u64);
+    assert_eq!(small.complete(&ids[..HELD], &first).await.unwrap(), HELD as u64);
     assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 0);
 }
 
