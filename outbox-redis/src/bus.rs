@@ -56,6 +56,18 @@ impl Conn {
         };
         reply.map_err(|_| timed_out("Redis pipeline", within))?.map_err(|e| map_err("Redis pipeline", e))
     }
+
+    /// Runs one command; unlike a pipeline, a node-wide command such as `SCRIPT LOAD` reaches
+    /// every node of a cluster.
+    async fn command(&self, cmd: &redis::Cmd, within: Duration) -> Result<Value> {
+        let what = "Redis command";
+        let reply = match self.clone() {
+            Conn::Single(mut c) => tokio::time::timeout(within, cmd.query_async(&mut c)).await,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(mut c) => tokio::time::timeout(within, cmd.query_async(&mut c)).await,
+        };
+        reply.map_err(|_| timed_out(what, within))?.map_err(|e| map_err(what, e))
+    }
 }
 
 /// Publishes batches to Redis Streams as one pipeline per batch (per hash slot on a
@@ -165,10 +177,9 @@ impl RedisBusBuilder {
         let mode = choose_mode(config.dedup, version);
         let script = redis::Script::new(DEDUP_SCRIPT);
         if mode == DedupMode::Lua {
-            // Saves the first batch a NOSCRIPT round trip; a restarted server is handled in `send`.
-            let mut load = redis::pipe();
-            load.cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT);
-            conn.pipeline(&load, config.response_timeout).await?;
+            // Saves the first batch a NOSCRIPT round trip (on every node of a cluster); a
+            // restarted or new node is handled in `send`.
+            conn.command(redis::cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT), config.response_timeout).await?;
         }
         let server = format!("{}.{}", version.0, version.1);
         if mode == DedupMode::None && config.dedup == Dedup::Auto {
@@ -264,7 +275,21 @@ impl RedisStreamsBus {
             }
             fields.push((name.to_owned(), value.as_bytes().to_vec()));
         }
-        Ok(Prepared { index, stream, id: msg.id.to_string(), fields })
+        let id = msg.id.to_string();
+        #[cfg(feature = "cluster")]
+        if self.mode == DedupMode::Lua
+            && matches!(self.conn, Conn::Cluster(_))
+            && crate::cluster::slot(&dedup_key(&stream, &id)) != crate::cluster::slot(&stream)
+        {
+            // A `}` outside a hash tag ends the tag the dedup key wraps the stream key in; the
+            // script would fail with CROSSSLOT, and would fail its whole pipeline if another
+            // stream shared the slot.
+            return Err(format!(
+                "stream `{stream}` and its dedup key hash to different cluster slots (a `}}` outside a \
+                 hash tag); give the stream key a hash tag, e.g. `outbox:{{orders}}`"
+            ));
+        }
+        Ok(Prepared { index, stream, id, fields })
     }
 
     fn command(&self, p: &Prepared) -> redis::Cmd {
@@ -298,23 +323,15 @@ impl RedisStreamsBus {
     }
 
     /// One pipeline for `items` (all in one slot on a cluster); reloads the script once if
-    /// the server lost it (a restart). `clock` prefixes the pipeline with `TIME` so an IDMP
-    /// hit (which replies with the old entry's id) can be told from a new entry.
+    /// the server lost it (a restart, or a cluster node that never had it). `clock` prefixes
+    /// the pipeline with `TIME` so an IDMP hit (which replies with the old entry's id) can be
+    /// told from a new entry.
     async fn send(&self, conn: &Conn, items: &[Prepared], clock: bool) -> Vec<(usize, PublishOutcome)> {
-        let mut out = self.send_once(conn, items, clock).await;
+        let mut out = self.send_once(conn, items, clock, false).await;
         let lost: Vec<usize> = out.iter().filter(|(_, o)| o.is_none()).map(|(i, _)| *i).collect();
         if !lost.is_empty() {
             let retry: Vec<Prepared> = items.iter().filter(|p| lost.contains(&p.index)).cloned().collect();
-            let mut load = redis::pipe();
-            load.cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT);
-            let again = match conn.pipeline(&load, self.config.response_timeout).await {
-                Ok(_) => self.send_once(conn, &retry, clock).await,
-                Err(e) => lost
-                    .iter()
-                    .map(|i| (*i, Some(PublishOutcome::Retryable(format!("cannot load the dedup script: {e}")))))
-                    .collect(),
-            };
-            for (i, o) in again {
+            for (i, o) in self.send_once(conn, &retry, clock, true).await {
                 if let Some(slot) = out.iter_mut().find(|(j, _)| *j == i) {
                     slot.1 = Some(o.unwrap_or_else(|| PublishOutcome::Retryable("the dedup script is missing".into())));
                 }
@@ -323,11 +340,22 @@ impl RedisStreamsBus {
         out.into_iter().map(|(i, o)| (i, o.unwrap_or_else(|| PublishOutcome::Retryable("no reply".into())))).collect()
     }
 
-    /// `None` for a message whose script was missing (NOSCRIPT).
-    async fn send_once(&self, conn: &Conn, items: &[Prepared], clock: bool) -> Vec<(usize, Option<PublishOutcome>)> {
+    /// `None` for a message whose script was missing (NOSCRIPT). `load` puts `SCRIPT LOAD`
+    /// in the same pipeline: a cluster sends a keyless command alone to a random node, but
+    /// within this pipeline it reaches the node that runs the scripts.
+    async fn send_once(
+        &self,
+        conn: &Conn,
+        items: &[Prepared],
+        clock: bool,
+        load: bool,
+    ) -> Vec<(usize, Option<PublishOutcome>)> {
         let clock = clock && self.mode == DedupMode::Idmp;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        if load {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT);
+        }
         if clock {
             pipe.cmd("TIME");
         }
@@ -342,6 +370,10 @@ impl RedisStreamsBus {
                 return items.iter().map(|p| (p.index, Some(PublishOutcome::Retryable(reason.clone())))).collect();
             }
         };
+        let load_failed = match load.then(|| replies.next()).flatten() {
+            Some(Value::ServerError(e)) => Some(format!("cannot load the dedup script: {e}")),
+            _ => None,
+        };
         let started_ms = if clock { replies.next().as_ref().and_then(server_millis) } else { None };
         items
             .iter()
@@ -349,7 +381,9 @@ impl RedisStreamsBus {
                 let outcome = match replies.next() {
                     None => Some(PublishOutcome::Retryable("no reply for this command".into())),
                     Some(Value::Nil) if self.mode == DedupMode::Lua => Some(PublishOutcome::Duplicate),
-                    Some(Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript) => None,
+                    Some(Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                        load_failed.clone().map(PublishOutcome::Retryable)
+                    }
                     Some(Value::ServerError(e)) => Some(classify(&p.stream, &e)),
                     Some(entry) => Some(match (started_ms, entry_millis(&entry)) {
                         (Some(started), Some(at)) if at < started => PublishOutcome::Duplicate,

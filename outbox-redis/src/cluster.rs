@@ -1,48 +1,53 @@
 //! Redis Cluster: a pipeline must stay within one hash slot, so a batch is split by slot.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+pub use redis::cluster_routing::Slot;
 
-/// The cluster slot of `key` (CRC16 of its hash tag, or of the whole key), 0..16384.
-pub fn slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let tagged = key.find('{').and_then(|open| {
-        let rest = &key[open + 1..];
-        rest.find('}').filter(|&close| close > 0).map(|close| &bytes[open + 1..open + 1 + close])
-    });
-    CRC16.checksum(tagged.unwrap_or(bytes)) % 16384
+/// The cluster slot of `key`: the redis crate's own CRC16 of its hash tag, or of the whole key.
+pub fn slot(key: &str) -> Slot {
+    Slot::for_key(key)
 }
 
-/// Splits `items` into groups whose keys share a slot, keeping their order within a group.
+/// Splits `items` into groups whose keys share a slot, keeping their order within a group;
+/// groups come in the order their first item appears.
 pub fn group_by_slot<T>(items: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
-    let mut groups: BTreeMap<u16, Vec<T>> = BTreeMap::new();
+    let mut index: HashMap<Slot, usize> = HashMap::new();
+    let mut groups: Vec<Vec<T>> = Vec::new();
     for item in items {
-        groups.entry(slot(key(&item))).or_default().push(item);
+        let at = *index.entry(slot(key(&item))).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(item);
     }
-    groups.into_values().collect()
+    groups
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn number(n: u16) -> Slot {
+        Slot::new(n).unwrap()
+    }
+
     #[test]
     fn slots_match_the_redis_cluster_spec() {
         // Reference values from the Redis Cluster specification.
-        assert_eq!(slot("123456789"), 12739);
-        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("123456789"), number(0x31C3));
+        assert_eq!(slot("123456789"), number(12739));
+        assert_eq!(slot("foo"), number(12182));
         assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
         assert_eq!(slot("outbox:{orders}"), slot("{orders}"));
-        assert_eq!(slot("a{}b"), CRC16.checksum(b"a{}b") % 16384, "an empty tag is no tag");
+        assert_eq!(slot("outbox:{orders}"), slot("orders"));
+        assert_eq!(slot("a{}b"), number(13694), "an empty tag is no tag: the whole key counts");
     }
 
     #[test]
     fn a_batch_splits_into_one_group_per_slot_keeping_order() {
-        let keys = vec!["{a}1", "{b}1", "{a}2", "{b}2", "{a}3"];
+        let keys = vec!["{b}1", "{a}1", "{b}2", "{a}2", "{a}3"];
         let groups = group_by_slot(keys, |k| k);
-        assert_eq!(groups.len(), 2);
-        let a = groups.iter().find(|g| g[0].starts_with("{a}")).unwrap();
-        assert_eq!(a, &vec!["{a}1", "{a}2", "{a}3"]);
+        assert_eq!(groups, vec![vec!["{b}1", "{b}2"], vec!["{a}1", "{a}2", "{a}3"]]);
     }
 }

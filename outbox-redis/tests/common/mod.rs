@@ -1,6 +1,8 @@
 //! Shared test setup: a connection to the test server and a stream probe.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod server;
 
 use std::time::Duration;
@@ -11,7 +13,7 @@ use outbox_core::testkit::{test_url, unreachable_server};
 use outbox_core::{Headers, OutboxMessage};
 use outbox_redis::{PAYLOAD_FIELD, connect};
 use redis::Value;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 
 pub const VAR: &str = "OUTBOX_TEST_REDIS_URL";
 
@@ -32,8 +34,8 @@ pub fn prefix() -> String {
     format!("test:{}:", outbox_core::testkit::unique_suffix())
 }
 
-/// Every entry of `stream`, as payload + headers.
-pub async fn read(conn: &mut ConnectionManager, stream: &str) -> Vec<Received> {
+/// Every entry of `stream`, as payload + headers (on a single node or a cluster).
+pub async fn read(conn: &mut impl ConnectionLike, stream: &str) -> Vec<Received> {
     let entries: Vec<Value> =
         redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap_or_default();
     entries
@@ -60,13 +62,13 @@ pub async fn read(conn: &mut ConnectionManager, stream: &str) -> Vec<Received> {
         .collect()
 }
 
-pub struct StreamProbe {
-    pub conn: ConnectionManager,
+pub struct StreamProbe<C = ConnectionManager> {
+    pub conn: C,
     pub stream: String,
 }
 
 #[async_trait]
-impl BusProbe for StreamProbe {
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> BusProbe for StreamProbe<C> {
     async fn received(&self, _topic: &str, n: usize, timeout: Duration) -> Vec<Received> {
         let mut conn = self.conn.clone();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -84,10 +86,10 @@ pub fn stored(msg: outbox_core::NewMessage) -> OutboxMessage {
     OutboxMessage::from_new(msg, outbox_core::message::now_millis())
 }
 
-pub async fn xlen(conn: &mut ConnectionManager, stream: &str) -> u64 {
+pub async fn xlen(conn: &mut impl ConnectionLike, stream: &str) -> u64 {
     redis::cmd("XLEN").arg(stream).query_async(conn).await.unwrap()
 }
 
-pub async fn del(conn: &mut ConnectionManager, keys: &[&str]) {
+pub async fn del(conn: &mut impl ConnectionLike, keys: &[&str]) {
     let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query_async(conn).await;
 }
