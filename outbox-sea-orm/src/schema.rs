@@ -35,7 +35,7 @@ pub mod status {
 /// Longest `last_error` kept, in bytes; longer errors are cut at a character boundary.
 pub const MAX_ERROR_LEN: usize = 4096;
 
-/// The columns a store reads back for a message.
+/// The columns a store reads back for a message, in the order `SqlStore::decode` reads them.
 pub(crate) const MESSAGE_COLUMNS: &str =
     "seq, id, topic, msg_key, payload, headers, created_at, attempts, last_error, finished_at";
 

@@ -482,30 +482,36 @@ impl SqlStore {
         q
     }
 
+    /// Decodes a row selected as [`MESSAGE_COLUMNS`] (first, in that order): by position,
+    /// which spares a column-name lookup per field on the claim's hot path.
     pub(crate) fn decode(&self, row: &QueryResult) -> Result<Row> {
         let e = |err: DbErr| self.db_err(err);
-        let id: Uuid = row.try_get("", "id").map_err(e)?;
-        let headers: String = row.try_get("", "headers").map_err(e)?;
-        let headers: Headers = serde_json::from_str(&headers).map_err(|err| {
-            Error::permanent(
-                self.backend(),
-                format!("message {id}: the headers column is not a JSON object of strings: {err}"),
-                Some(Box::new(err) as outbox_core::BoxError),
-            )
-        })?;
-        let attempts: i32 = row.try_get("", "attempts").map_err(e)?;
+        let id: Uuid = row.try_get_by_index(1).map_err(e)?;
+        let headers: String = row.try_get_by_index(5).map_err(e)?;
+        let headers: Headers = if headers == "{}" {
+            Headers::new()
+        } else {
+            serde_json::from_str(&headers).map_err(|err| {
+                Error::permanent(
+                    self.backend(),
+                    format!("message {id}: the headers column is not a JSON object of strings: {err}"),
+                    Some(Box::new(err) as outbox_core::BoxError),
+                )
+            })?
+        };
+        let attempts: i32 = row.try_get_by_index(7).map_err(e)?;
         Ok(Row {
-            seq: row.try_get("", "seq").map_err(e)?,
-            finished_at: row.try_get("", "finished_at").map_err(e)?,
+            seq: row.try_get_by_index(0).map_err(e)?,
+            finished_at: row.try_get_by_index(9).map_err(e)?,
             message: OutboxMessage {
                 id: MessageId(id),
-                topic: row.try_get("", "topic").map_err(e)?,
-                key: row.try_get("", "msg_key").map_err(e)?,
-                payload: row.try_get("", "payload").map_err(e)?,
+                topic: row.try_get_by_index(2).map_err(e)?,
+                key: row.try_get_by_index(3).map_err(e)?,
+                payload: row.try_get_by_index(4).map_err(e)?,
                 headers,
-                created_at: row.try_get("", "created_at").map_err(e)?,
+                created_at: row.try_get_by_index(6).map_err(e)?,
                 attempts: u32::try_from(attempts).unwrap_or(0),
-                last_error: row.try_get("", "last_error").map_err(e)?,
+                last_error: row.try_get_by_index(8).map_err(e)?,
             },
         })
     }
