@@ -129,6 +129,20 @@ impl SqlStore {
                 Held { txn, open: HashMap::new(), expires_at, _slot: slot }
             }
         };
+        let held_seqs: Vec<i64> = claim.open.values().copied().collect();
+        let q = self.held_claim_query(pick, lease, now, &held_seqs);
+        let rows = self.fetch(&claim.txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
+        if rows.is_empty() && claim.open.is_empty() {
+            claim.txn.rollback().await.map_err(|e| self.db_err(e))?;
+            return Ok(Some(rows));
+        }
+        claim.open.extend(rows.iter().map(|r| (r.message.id, r.seq)));
+        held.put(lease.token, claim);
+        Ok(Some(rows))
+    }
+
+    /// `SELECT … FOR UPDATE SKIP LOCKED` of what `pick` may claim, leaving out `held_seqs`.
+    pub(crate) fn held_claim_query(&self, pick: Pick<'_>, lease: &Lease, now: UnixMillis, held_seqs: &[i64]) -> Query {
         let mut q = Query::new(self.dialect);
         // The idle timeout ends a stalled claimer's transaction (and its locks) after the TTL.
         q.push("SELECT ")
@@ -138,17 +152,9 @@ impl SqlStore {
             .push(", true) AS guard FROM ")
             .push(&self.table)
             .push(" c");
-        let held_seqs: Vec<i64> = claim.open.values().copied().collect();
-        self.push_claimable(&mut q, now, pick, &held_seqs);
+        self.push_claimable(&mut q, now, pick, held_seqs);
         q.push(" FOR UPDATE OF c SKIP LOCKED");
-        let rows = self.fetch(&claim.txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
-        if rows.is_empty() && claim.open.is_empty() {
-            claim.txn.rollback().await.map_err(|e| self.db_err(e))?;
-            return Ok(Some(rows));
-        }
-        claim.open.extend(rows.iter().map(|r| (r.message.id, r.seq)));
-        held.put(lease.token, claim);
-        Ok(Some(rows))
+        q
     }
 
     /// Settles the ids that `lease`'s open transaction holds with `statement` (given their

@@ -806,7 +806,15 @@ mod explain_tests {
         );
         let ids: Vec<MessageId> = (0..256).map(|_| MessageId::new()).collect();
         let by_id = store.claim_update(Pick::Ids(&ids), &lease, now, until);
-        let plans = [("claim_due", explain(&store, due).await), ("claim_ids", explain(&store, by_id).await)];
+        let window = Some(SWEEP_WINDOW);
+        let held_due = store.held_claim_query(Pick::Due { created_before: now, limit: 500, window }, &lease, now, &[1]);
+        let held_ids = store.held_claim_query(Pick::Ids(&ids), &lease, now, &[]);
+        let plans = [
+            ("leased claim_due", explain(&store, due).await),
+            ("leased claim_ids", explain(&store, by_id).await),
+            ("held claim_due", explain(&store, held_due).await),
+            ("held claim_ids", explain(&store, held_ids).await),
+        ];
 
         store.db.execute_unprepared(&format!("DROP TABLE {}", store.table)).await.unwrap();
         for (name, plan) in plans {
