@@ -112,6 +112,7 @@ pub(crate) enum Pick<'a> {
 
 /// Claims by id of at least this many messages are held in a transaction
 /// ([`ClaimMode::Transaction`]); smaller ones take a lease.
+#[cfg(feature = "postgres")]
 const HOLD_FROM_IDS: usize = 32;
 
 /// A sweep looks this many `seq`s past the oldest pending row (at least; 10 × its limit if
