@@ -205,6 +205,7 @@ fn usage_errors_exit_with_code_2() {
         (vec!["dead", "purge", "--older-than", "7x"], "7x"),
         (vec!["purge-published", "--older-than", "1d", "--batch", "0"], "--batch"),
         (vec!["dead", "show", "not-a-uuid"], "not-a-uuid"),
+        (vec!["relay", "--claim-mode", "sometimes"], "sometimes"),
     ] {
         let out = run(&args, &[]);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -241,6 +242,17 @@ async fn unreachable_servers_are_named_with_their_address() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("batch"), "{}", stderr(&out));
     db.drop_table().await;
+}
+
+#[test]
+fn transaction_claims_need_postgres() {
+    let dir = std::env::temp_dir().join(format!("outbox-cli-{}", outbox::testkit::unique_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("outbox.db").display());
+    let out = run(&["relay", "--claim-mode", "transaction"], &[("DATABASE_URL", &url)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`store.claim_mode`") && stderr(&out).contains("Postgres-only"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
