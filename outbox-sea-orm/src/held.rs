@@ -157,27 +157,28 @@ impl SqlStore {
         q
     }
 
-    /// Settles the ids that `lease`'s open transaction holds with `statement` (given their
-    /// ids and `seq`s), then commits.
-    /// Returns the rows it changed and the ids it does not hold (leased ones, or not ours).
+    /// Settles the items (ids or failures) whose messages `lease`'s open transaction holds
+    /// with `statement` (given those items and their `seq`s), then commits.
+    /// Returns the rows it changed and the items it does not hold (leased, or not ours).
     /// A transaction that fails here is gone, and its rows are free again: that counts as a
     /// lost claim (0 rows), as an expired lease does.
-    pub(crate) async fn settle_held(
+    pub(crate) async fn settle_held<T: Clone>(
         &self,
         held: &HeldClaims,
         lease: &Lease,
-        ids: &[MessageId],
-        statement: impl Fn(&[MessageId], &[i64]) -> Query,
-    ) -> (u64, Vec<MessageId>) {
-        let Some(mut claim) = held.take(lease.token) else { return (0, ids.to_vec()) };
+        items: &[T],
+        id_of: impl Fn(&T) -> MessageId,
+        statement: impl Fn(&[T], &[i64]) -> Query,
+    ) -> (u64, Vec<T>) {
+        let Some(mut claim) = held.take(lease.token) else { return (0, items.to_vec()) };
         let (mut mine, mut seqs, mut rest) = (Vec::new(), Vec::new(), Vec::new());
-        for id in ids {
-            match claim.open.remove(id) {
+        for item in items {
+            match claim.open.remove(&id_of(item)) {
                 Some(seq) => {
-                    mine.push(*id);
+                    mine.push(item.clone());
                     seqs.push(seq);
                 }
-                None => rest.push(*id),
+                None => rest.push(item.clone()),
             }
         }
         if mine.is_empty() {

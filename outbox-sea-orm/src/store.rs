@@ -271,43 +271,46 @@ impl SqlStore {
 
     async fn claim(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<OutboxMessage>> {
         let now = now_millis();
-        let until = now.saturating_add(duration_millis(lease.ttl));
-        let sweep = matches!(pick, Pick::Due { .. });
         #[cfg(feature = "postgres")]
-        if let Some(held) = &self.held {
-            // A held claim costs two more round trips (BEGIN, COMMIT) and saves a row version per
-            // message: it pays off for big batches. Small claims by id (the listener at low
-            // rates, where latency counts) and sweeps that keep finding nothing take leases.
-            let hold = match pick {
-                Pick::Ids(ids) => ids.len() >= HOLD_FROM_IDS,
-                Pick::Due { .. } => !held.idle(),
-            };
-            let rows = if hold { self.claim_held(held, pick, lease, now).await? } else { None };
-            if let Some(mut rows) = rows {
-                if sweep {
-                    held.set_idle(rows.is_empty());
-                }
-                rows.sort_by_key(|r| r.seq);
-                return Ok(rows.into_iter().map(|r| r.message).collect());
-            }
-        }
-        let mut rows = match self.dialect {
-            Dialect::MySql => self.claim_in_transaction(pick, lease, now, until).await?,
-            Dialect::Postgres | Dialect::Sqlite => {
-                let q = self.claim_update(pick, lease, now, until);
-                self.fetch(&self.db, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?
-            }
+        let held_rows = match &self.held {
+            Some(held) if Self::worth_holding(held, pick) => self.claim_held(held, pick, lease, now).await?,
+            _ => None,
+        };
+        #[cfg(not(feature = "postgres"))]
+        let held_rows = None;
+        let mut rows = match held_rows {
+            Some(rows) => rows,
+            None => self.claim_leased(pick, lease, now).await?,
         };
         #[cfg(feature = "postgres")]
-        if let Some(held) = &self.held
-            && sweep
-        {
+        if let (Some(held), Pick::Due { .. }) = (&self.held, pick) {
             held.set_idle(rows.is_empty());
         }
-        #[cfg(not(feature = "postgres"))]
-        let _ = sweep;
         rows.sort_by_key(|r| r.seq);
         Ok(rows.into_iter().map(|r| r.message).collect())
+    }
+
+    /// A held claim costs two more round trips (BEGIN, COMMIT) than a lease and saves a row
+    /// version per message: it pays off for big batches. Small claims by id (the listener at
+    /// low rates, where latency counts) and sweeps that keep finding nothing take leases.
+    #[cfg(feature = "postgres")]
+    fn worth_holding(held: &HeldClaims, pick: Pick<'_>) -> bool {
+        match pick {
+            Pick::Ids(ids) => ids.len() >= HOLD_FROM_IDS,
+            Pick::Due { .. } => !held.idle(),
+        }
+    }
+
+    /// A claim that writes a lease on its rows (one statement; a short transaction on MySQL).
+    async fn claim_leased(&self, pick: Pick<'_>, lease: &Lease, now: UnixMillis) -> Result<Vec<Row>> {
+        let until = now.saturating_add(duration_millis(lease.ttl));
+        match self.dialect {
+            Dialect::MySql => self.claim_in_transaction(pick, lease, now, until).await,
+            Dialect::Postgres | Dialect::Sqlite => {
+                let q = self.claim_update(pick, lease, now, until);
+                self.fetch(&self.db, q).await?.iter().map(|r| self.decode(r)).collect()
+            }
+        }
     }
 
     /// Postgres / SQLite: claim in one `UPDATE … RETURNING`.
@@ -591,9 +594,8 @@ impl OutboxStore for SqlStore {
         #[cfg(feature = "postgres")]
         let rest = match &self.held {
             Some(held) => {
-                let (settled, rest) = self
-                    .settle_held(held, lease, ids, |_, seqs| self.complete_query(Rows::Seqs(seqs), None, now))
-                    .await;
+                let complete = |_: &[MessageId], seqs: &[i64]| self.complete_query(Rows::Seqs(seqs), None, now);
+                let (settled, rest) = self.settle_held(held, lease, ids, |id| *id, complete).await;
                 done += settled;
                 rest
             }
@@ -612,13 +614,8 @@ impl OutboxStore for SqlStore {
         #[cfg(feature = "postgres")]
         let rest: Vec<Failure> = match &self.held {
             Some(held) => {
-                let ids: Vec<MessageId> = failures.iter().map(|f| f.id).collect();
-                let of = |mine: &[MessageId]| -> Vec<Failure> {
-                    failures.iter().filter(|f| mine.contains(&f.id)).cloned().collect()
-                };
-                let (_, rest) =
-                    self.settle_held(held, lease, &ids, |mine, _| self.fail_query(&of(mine), None, now)).await;
-                of(&rest)
+                let fail = |mine: &[Failure], _: &[i64]| self.fail_query(mine, None, now);
+                self.settle_held(held, lease, failures, |f| f.id, fail).await.1
             }
             None => failures.to_vec(),
         };
