@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use outbox_core::testkit::bus::{BusFixture, Received};
 use outbox_core::{Bus, NewMessage, OutboxMessage, PublishOutcome};
@@ -26,9 +25,7 @@ async fn bus(cluster: &Cluster, dedup: Dedup) -> (RedisStreamsBus, ClusterConnec
 async fn fixture(dedup: Dedup) -> Option<BusFixture> {
     let cluster = Cluster::shared().await?;
     let (bus, conn, prefix) = bus(&cluster, dedup).await;
-    let topic = "conformance".to_owned();
-    let stream = format!("{prefix}{topic}");
-    Some(BusFixture { bus: Arc::new(bus), topic, probe: Box::new(common::StreamProbe { conn, stream }) })
+    Some(common::conformance_fixture(bus, conn, &prefix))
 }
 
 mod plain {

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use outbox_core::testkit::bus::BusFixture;
 use outbox_redis::{Dedup, RedisStreamsBus};
 
@@ -11,9 +9,7 @@ async fn fixture(dedup: Dedup) -> Option<BusFixture> {
     let conn = common::conn().await?;
     let prefix = common::prefix();
     let bus = RedisStreamsBus::builder(conn.clone()).stream_prefix(&prefix).dedup(dedup).build().await.expect("bus");
-    let topic = "conformance".to_owned();
-    let stream = format!("{prefix}{topic}");
-    Some(BusFixture { bus: Arc::new(bus), topic, probe: Box::new(common::StreamProbe { conn, stream }) })
+    Some(common::conformance_fixture(bus, conn, &prefix))
 }
 
 mod plain {

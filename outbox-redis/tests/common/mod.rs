@@ -62,6 +62,24 @@ pub async fn read(conn: &mut impl ConnectionLike, stream: &str) -> Vec<Received>
         .collect()
 }
 
+/// The conformance fixture of `bus`, publishing topic `conformance` into `<prefix>conformance`.
+pub fn conformance_fixture<C>(
+    bus: outbox_redis::RedisStreamsBus,
+    conn: C,
+    prefix: &str,
+) -> outbox_core::testkit::bus::BusFixture
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let topic = "conformance".to_owned();
+    let stream = format!("{prefix}{topic}");
+    outbox_core::testkit::bus::BusFixture {
+        bus: std::sync::Arc::new(bus),
+        topic,
+        probe: Box::new(StreamProbe { conn, stream }),
+    }
+}
+
 pub struct StreamProbe<C = ConnectionManager> {
     pub conn: C,
     pub stream: String,
