@@ -41,6 +41,12 @@ pub fn from_db_err(backend: DbBackend, table: &str, err: DbErr) -> Error {
     }
 }
 
+/// A sqlx error as SeaORM reports it, for statements run on the pool's connections directly.
+#[cfg(feature = "postgres")]
+pub(crate) fn from_sqlx(err: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Query(sea_orm::RuntimeErr::SqlxError(err.into()))
+}
+
 fn classify(err: &DbErr) -> Class {
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) | DbErr::MutexPoisonError => Class::Temporary,

@@ -3,6 +3,7 @@
 mod config;
 #[cfg(feature = "sqlite")]
 mod connect;
+mod decode;
 mod enqueue;
 pub mod error;
 #[cfg(feature = "postgres")]

@@ -55,13 +55,6 @@ impl ListItem for Uuid {
     }
 }
 
-impl ListItem for i64 {
-    #[cfg(feature = "postgres")]
-    fn array(items: Vec<Self>) -> Value {
-        items.into()
-    }
-}
-
 /// SQL text plus its bound values, with the dialect's placeholders.
 #[derive(Debug)]
 pub(crate) struct Query {
@@ -99,9 +92,12 @@ impl Query {
         self.any_of(column, ids.into_iter().collect())
     }
 
-    /// `seq IN (…)`.
-    pub(crate) fn seq_in(&mut self, seqs: impl IntoIterator<Item = i64>) -> &mut Self {
-        self.any_of("seq", seqs.into_iter().collect())
+    /// `column = ANY($n::tid[])`: rows by physical address (Postgres). Only for rows this
+    /// transaction has locked: nobody else can move them then, and a TID scan skips the
+    /// index descent per row that a key lookup costs.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn tid_in(&mut self, column: &str, tids: Vec<String>) -> &mut Self {
+        self.push(column).push(" = ANY(").bind(tids).push("::tid[])")
     }
 
     /// `column IN (…)`: one array parameter on Postgres, so the statement text (and its
@@ -120,6 +116,12 @@ impl Query {
             self.bind(value);
         }
         self.push(")")
+    }
+
+    /// The SQL text and its values, for running on a sqlx connection.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn into_parts(self) -> (String, sea_orm::Values) {
+        (self.sql, sea_orm::Values(self.values))
     }
 
     pub(crate) fn build(self) -> Statement {

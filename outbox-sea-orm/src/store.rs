@@ -1,9 +1,11 @@
 //! [`SqlStore`]: the relay side of the outbox table (claim, complete, fail, dead letters).
 //!
-//! Round trips per call: a claim is one `UPDATE … RETURNING` on Postgres (`FOR UPDATE SKIP
-//! LOCKED` in a subquery) and SQLite; on MySQL/MariaDB, which has no `UPDATE … RETURNING`, it
-//! is a short `READ COMMITTED` transaction: `SELECT … FOR UPDATE SKIP LOCKED`, one `UPDATE`,
-//! `COMMIT`. `complete` and `fail` are one statement per batch everywhere.
+//! Round trips per call: a leased claim is one `UPDATE … RETURNING` on Postgres (`FOR UPDATE
+//! SKIP LOCKED` in a subquery) and SQLite; on MySQL/MariaDB, which has no `UPDATE … RETURNING`,
+//! it is a short `READ COMMITTED` transaction: `SELECT … FOR UPDATE SKIP LOCKED`, one
+//! `UPDATE`, `COMMIT`. A claim held in a transaction (Postgres) is `BEGIN` and one `SELECT`;
+//! its settle is one statement and `COMMIT` (see [`crate::held`]). `complete` and `fail` are
+//! one statement per batch everywhere.
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,13 +14,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{
-    DeadLetter, DeadLetterQuery, Disposition, Error, Failure, Headers, Lease, MessageId, NewMessage, Notifier,
-    OutboxMessage, OutboxStats, OutboxStore, ReplaySelector, Result, Retention, UnixMillis,
+    DeadLetter, DeadLetterQuery, Disposition, Error, Failure, Lease, MessageId, NewMessage, Notifier, OutboxMessage,
+    OutboxStats, OutboxStore, ReplaySelector, Result, Retention, UnixMillis,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, IsolationLevel, QueryResult, TransactionTrait};
 use uuid::Uuid;
 
 use crate::config::{ClaimMode, SqlStoreConfig};
+use crate::decode::Row;
 use crate::error::{backend_name, from_db_err};
 #[cfg(feature = "postgres")]
 use crate::held::HeldClaims;
@@ -227,7 +230,7 @@ impl SqlStore {
     /// `c` is claimable: pending, due, not under a live claim, and the head of its key; and
     /// not among `held`, rows this claim's own transaction already locked (its own locks do
     /// not make `SKIP LOCKED` skip them).
-    pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[i64]) {
+    pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[String]) {
         q.push(" WHERE c.status = 0 AND c.available_at <= ")
             .bind(now)
             .push(" AND (c.claimed_until IS NULL OR c.claimed_until <= ")
@@ -235,9 +238,12 @@ impl SqlStore {
             .push(") AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
             .push(&self.table)
             .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)))");
+        #[cfg(feature = "postgres")]
         if !held.is_empty() {
-            q.push(" AND NOT ").seq_in(held.iter().copied());
+            q.push(" AND NOT ").tid_in("c.ctid", held.to_vec());
         }
+        #[cfg(not(feature = "postgres"))]
+        let _ = held;
         match pick {
             Pick::Ids(ids) => {
                 q.push(" AND ").uuid_in("c.id", ids.iter().map(|id| id.as_uuid()));
@@ -394,7 +400,8 @@ impl SqlStore {
         };
         match rows {
             Rows::Ids(ids) => q.uuid_in("id", ids.iter().map(|id| id.as_uuid())),
-            Rows::Seqs(seqs) => q.seq_in(seqs.iter().copied()),
+            #[cfg(feature = "postgres")]
+            Rows::Tids(tids) => q.tid_in("ctid", tids.to_vec()),
         };
         Self::push_held_by(&mut q, lease, now);
         q
@@ -485,55 +492,14 @@ impl SqlStore {
         q.push(" AND t.status = 0");
         q
     }
-
-    /// Decodes a row selected as [`MESSAGE_COLUMNS`] (first, in that order): by position,
-    /// which spares a column-name lookup per field on the claim's hot path.
-    pub(crate) fn decode(&self, row: &QueryResult) -> Result<Row> {
-        let e = |err: DbErr| self.db_err(err);
-        let id: Uuid = row.try_get_by_index(1).map_err(e)?;
-        let headers: String = row.try_get_by_index(5).map_err(e)?;
-        let headers: Headers = if headers == "{}" {
-            Headers::new()
-        } else {
-            serde_json::from_str(&headers).map_err(|err| {
-                Error::permanent(
-                    self.backend(),
-                    format!("message {id}: the headers column is not a JSON object of strings: {err}"),
-                    Some(Box::new(err) as outbox_core::BoxError),
-                )
-            })?
-        };
-        let attempts: i32 = row.try_get_by_index(7).map_err(e)?;
-        Ok(Row {
-            seq: row.try_get_by_index(0).map_err(e)?,
-            finished_at: row.try_get_by_index(9).map_err(e)?,
-            message: OutboxMessage {
-                id: MessageId(id),
-                topic: row.try_get_by_index(2).map_err(e)?,
-                key: row.try_get_by_index(3).map_err(e)?,
-                payload: row.try_get_by_index(4).map_err(e)?,
-                headers,
-                created_at: row.try_get_by_index(6).map_err(e)?,
-                attempts: u32::try_from(attempts).unwrap_or(0),
-                last_error: row.try_get_by_index(8).map_err(e)?,
-            },
-        })
-    }
 }
 
-/// Rows to settle: by message id, or by `seq` when the claim knows it.
+/// Rows to settle: by message id, or by `ctid` when a held claim has them locked.
 #[derive(Clone, Copy)]
 enum Rows<'a> {
     Ids(&'a [MessageId]),
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    Seqs(&'a [i64]),
-}
-
-/// A decoded outbox row.
-pub(crate) struct Row {
-    pub(crate) seq: i64,
-    finished_at: Option<UnixMillis>,
-    pub(crate) message: OutboxMessage,
+    #[cfg(feature = "postgres")]
+    Tids(&'a [String]),
 }
 
 fn limit_value(limit: usize) -> i64 {
@@ -594,7 +560,7 @@ impl OutboxStore for SqlStore {
         #[cfg(feature = "postgres")]
         let rest = match &self.held {
             Some(held) => {
-                let complete = |_: &[MessageId], seqs: &[i64]| self.complete_query(Rows::Seqs(seqs), None, now);
+                let complete = |_: &[MessageId], tids: &[String]| self.complete_query(Rows::Tids(tids), None, now);
                 let (settled, rest) = self.settle_held(held, lease, ids, |id| *id, complete).await;
                 done += settled;
                 rest
@@ -614,7 +580,7 @@ impl OutboxStore for SqlStore {
         #[cfg(feature = "postgres")]
         let rest: Vec<Failure> = match &self.held {
             Some(held) => {
-                let fail = |mine: &[Failure], _: &[i64]| self.fail_query(mine, None, now);
+                let fail = |mine: &[Failure], _: &[String]| self.fail_query(mine, None, now);
                 self.settle_held(held, lease, failures, |f| f.id, fail).await.1
             }
             None => failures.to_vec(),
@@ -805,8 +771,9 @@ mod explain_tests {
         let ids: Vec<MessageId> = (0..256).map(|_| MessageId::new()).collect();
         let by_id = store.claim_update(Pick::Ids(&ids), &lease, now, until);
         let window = Some(SWEEP_WINDOW);
-        let held_due = store.held_claim_query(Pick::Due { created_before: now, limit: 500, window }, &lease, now, &[1]);
-        let held_ids = store.held_claim_query(Pick::Ids(&ids), &lease, now, &[]);
+        let held_due =
+            store.held_claim_query(Pick::Due { created_before: now, limit: 500, window }, now, &["(0,1)".to_owned()]);
+        let held_ids = store.held_claim_query(Pick::Ids(&ids), now, &[]);
         let plans = [
             ("leased claim_due", explain(&store, due).await),
             ("leased claim_ids", explain(&store, by_id).await),

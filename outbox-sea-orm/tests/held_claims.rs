@@ -181,6 +181,47 @@ async fn claims_beyond_half_the_pool_take_a_lease() {
     assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_kept_for_the_next_claim_goes_back_to_the_pool_unused() {
+    let Some(store) = held_store().await else { return };
+    let small = peer(&store, "held_spare", 2).await;
+    let pool = small.connection().get_postgres_connection_pool().clone();
+    let ids = small.enqueue(messages("held.spare", HELD)).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(small.claim_ids(&ids, &lease).await.unwrap().len(), HELD);
+    assert_eq!(small.complete(&ids, &lease).await.unwrap(), HELD as u64);
+    eventually("the unused connection to go back to the pool", Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move { (pool.num_idle() == pool.size() as usize).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_the_server_dropped_is_replaced() {
+    let Some(store) = held_store().await else { return };
+    let small = peer(&store, "held_spare_killed", 2).await;
+    let ids = small.enqueue(messages("held.spare.killed", 2 * HELD)).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(small.claim_ids(&ids[..HELD], &lease).await.unwrap().len(), HELD);
+    assert_eq!(small.complete(&ids[..HELD], &lease).await.unwrap(), HELD as u64);
+
+    // A database restart ends every connection, the kept one too.
+    let of_relay = "FROM pg_stat_activity WHERE application_name = 'held_spare_killed'";
+    assert!(scalar(&store, format!("SELECT COUNT(pg_terminate_backend(pid)) {of_relay}")).await >= 1);
+    eventually("the relay's connections to end", Duration::from_secs(10), || {
+        let (store, sql) = (store.clone(), format!("SELECT COUNT(*) {of_relay}"));
+        async move { (scalar(&store, sql).await == 0).then_some(()) }
+    })
+    .await;
+
+    let lease = Lease::new(TTL);
+    let claimed = small.claim_ids(&ids[HELD..], &lease).await.expect("a fresh connection replaces the dead one");
+    assert_eq!(claimed.len(), HELD);
+    assert_eq!(small.complete(&ids[HELD..], &lease).await.unwrap(), HELD as u64);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {}", table(&store))).await, 0);
+}
+
 #[tokio::test]
 async fn transaction_claims_are_postgres_only() {
     let dir = std::env::temp_dir().join(format!("held-{}", outbox_core::testkit::unique_suffix()));

@@ -4,6 +4,12 @@
 //! published; `complete` and `fail` run in it and commit. Claiming writes nothing, so a claim
 //! plus a complete costs about what one `DELETE … RETURNING` costs. Every settle commits, so
 //! what it reports is durable: rows of the claim that are still unsettled get a lease first.
+//! Settles find their rows by `ctid`: rows this transaction has locked cannot move, and a
+//! TID scan skips the index descent per row that a lookup by key costs.
+//!
+//! The transactions run on the pool's sqlx connections directly ([`txn`]).
+
+mod txn;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,12 +17,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{Lease, MessageId, Result, UnixMillis};
-use sea_orm::{DatabaseTransaction, TransactionTrait};
+use sea_orm::sqlx::{self, Postgres, pool::PoolConnection};
 use uuid::Uuid;
 
+use self::txn::{Spares, Txn};
+use crate::decode::{Columns, Row};
+use crate::error::from_sqlx;
 use crate::schema::MESSAGE_COLUMNS;
 use crate::sql::Query;
-use crate::store::{Pick, Row, SqlStore};
+use crate::store::{Pick, SqlStore};
+
+/// Where a held claim's query puts `ctid`: right after [`MESSAGE_COLUMNS`].
+const TID_COLUMN: usize = 10;
 
 /// The open claims of one store, by lease token.
 #[derive(Debug)]
@@ -27,13 +39,16 @@ pub(crate) struct HeldClaims {
     idle: AtomicBool,
     /// Most claims held at once; each pins a pooled connection.
     capacity: usize,
+    /// Connections between claims; with the held ones, at most `capacity`.
+    spares: Arc<Spares>,
 }
 
 /// One lease's open transaction and the rows it holds.
 pub(crate) struct Held {
-    txn: DatabaseTransaction,
-    /// Unsettled rows: message id → `seq` (the primary key, the cheapest way back to the row).
-    open: HashMap<MessageId, i64>,
+    txn: Txn,
+    /// Unsettled rows: message id → `ctid`, the cheapest way back to a row this transaction
+    /// has locked.
+    open: HashMap<MessageId, String>,
     /// When the lease ends; unsettled rows get this as their `claimed_until`.
     expires_at: UnixMillis,
     _slot: Slot,
@@ -61,6 +76,7 @@ impl HeldClaims {
             in_use: Arc::default(),
             idle: AtomicBool::new(true),
             capacity: capacity.max(1),
+            spares: Arc::default(),
         }
     }
 
@@ -104,6 +120,13 @@ impl HeldClaims {
             .map(|_| Slot(self.in_use.clone()))
     }
 
+    /// Sets aside the connection of a claim that ended, while connections in use for held
+    /// claims stay within the capacity.
+    fn keep(&self, conn: PoolConnection<Postgres>) {
+        let room = self.capacity.saturating_sub(self.in_use.load(Ordering::Acquire));
+        self.spares.keep(conn, room);
+    }
+
     /// Rows held by this store's open claims.
     pub(crate) fn open_rows(&self) -> u64 {
         self.lock().values().map(|h| h.open.len() as u64).sum()
@@ -124,41 +147,45 @@ impl SqlStore {
             Some(claim) => claim,
             None => {
                 let Some(slot) = held.reserve() else { return Ok(None) };
-                let txn = self.db.begin().await.map_err(|e| self.db_err(e))?;
+                let pool = self.db.get_postgres_connection_pool();
+                let txn = held.spares.begin(pool, lease.ttl).await.map_err(|e| self.sqlx_err(e))?;
                 let expires_at = now.saturating_add(duration_millis(lease.ttl));
                 Held { txn, open: HashMap::new(), expires_at, _slot: slot }
             }
         };
-        let held_seqs: Vec<i64> = claim.open.values().copied().collect();
-        let q = self.held_claim_query(pick, lease, now, &held_seqs);
-        let rows = self.fetch(&claim.txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
+        let held_tids: Vec<String> = claim.open.values().cloned().collect();
+        let q = self.held_claim_query(pick, now, &held_tids);
+        let (sql, values) = q.into_parts();
+        let found = claim.txn.fetch_all(sql, values).await.map_err(|e| self.sqlx_err(e))?;
+        let mut rows = Vec::with_capacity(found.len());
+        let mut tids = Vec::with_capacity(found.len());
+        for row in &found {
+            rows.push(self.decode(row)?);
+            tids.push(row.text(TID_COLUMN).map_err(|e| self.db_err(e))?);
+        }
         if rows.is_empty() && claim.open.is_empty() {
-            claim.txn.rollback().await.map_err(|e| self.db_err(e))?;
+            let Held { txn, _slot: slot, .. } = claim;
+            let conn = txn.rollback().await.map_err(|e| self.sqlx_err(e))?;
+            drop(slot);
+            held.keep(conn);
             return Ok(Some(rows));
         }
-        claim.open.extend(rows.iter().map(|r| (r.message.id, r.seq)));
+        claim.open.extend(rows.iter().map(|r| r.message.id).zip(tids));
         held.put(lease.token, claim);
         Ok(Some(rows))
     }
 
-    /// `SELECT … FOR UPDATE SKIP LOCKED` of what `pick` may claim, leaving out `held_seqs`.
-    pub(crate) fn held_claim_query(&self, pick: Pick<'_>, lease: &Lease, now: UnixMillis, held_seqs: &[i64]) -> Query {
+    /// `SELECT … FOR UPDATE SKIP LOCKED` of what `pick` may claim, leaving out `held_tids`.
+    pub(crate) fn held_claim_query(&self, pick: Pick<'_>, now: UnixMillis, held_tids: &[String]) -> Query {
         let mut q = Query::new(self.dialect);
-        // The idle timeout ends a stalled claimer's transaction (and its locks) after the TTL.
-        q.push("SELECT ")
-            .push(MESSAGE_COLUMNS)
-            .push(", set_config('idle_in_transaction_session_timeout', ")
-            .bind(duration_millis(lease.ttl).max(1).to_string())
-            .push(", true) AS guard FROM ")
-            .push(&self.table)
-            .push(" c");
-        self.push_claimable(&mut q, now, pick, held_seqs);
+        q.push("SELECT ").push(MESSAGE_COLUMNS).push(", c.ctid::text FROM ").push(&self.table).push(" c");
+        self.push_claimable(&mut q, now, pick, held_tids);
         q.push(" FOR UPDATE OF c SKIP LOCKED");
         q
     }
 
     /// Settles the items (ids or failures) whose messages `lease`'s open transaction holds
-    /// with `statement` (given those items and their `seq`s), then commits.
+    /// with `statement` (given those items and their `ctid`s), then commits.
     /// Returns the rows it changed and the items it does not hold (leased, or not ours).
     /// A transaction that fails here is gone, and its rows are free again: that counts as a
     /// lost claim (0 rows), as an expired lease does.
@@ -168,15 +195,15 @@ impl SqlStore {
         lease: &Lease,
         items: &[T],
         id_of: impl Fn(&T) -> MessageId,
-        statement: impl Fn(&[T], &[i64]) -> Query,
+        statement: impl Fn(&[T], &[String]) -> Query,
     ) -> (u64, Vec<T>) {
         let Some(mut claim) = held.take(lease.token) else { return (0, items.to_vec()) };
-        let (mut mine, mut seqs, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut mine, mut tids, mut rest) = (Vec::new(), Vec::new(), Vec::new());
         for item in items {
             match claim.open.remove(&id_of(item)) {
-                Some(seq) => {
+                Some(tid) => {
                     mine.push(item.clone());
-                    seqs.push(seq);
+                    tids.push(tid);
                 }
                 None => rest.push(item.clone()),
             }
@@ -187,7 +214,8 @@ impl SqlStore {
         }
         let count = mine.len();
         let outcome = async move {
-            let settled = self.execute(&claim.txn, statement(&mine, &seqs)).await?;
+            let (sql, values) = statement(&mine, &tids).into_parts();
+            let settled = claim.txn.execute(sql, values).await.map_err(|e| self.sqlx_err(e))?;
             if !claim.open.is_empty() {
                 let mut q = Query::new(self.dialect);
                 q.push("UPDATE ")
@@ -197,10 +225,14 @@ impl SqlStore {
                     .push(", claim_token = ")
                     .bind(lease.token)
                     .push(" WHERE ")
-                    .seq_in(claim.open.values().copied());
-                self.execute(&claim.txn, q).await?;
+                    .tid_in("ctid", claim.open.into_values().collect());
+                let (sql, values) = q.into_parts();
+                claim.txn.execute(sql, values).await.map_err(|e| self.sqlx_err(e))?;
             }
-            claim.txn.commit().await.map_err(|e| self.db_err(e))?;
+            let Held { txn, _slot: slot, .. } = claim;
+            let conn = txn.commit().await.map_err(|e| self.sqlx_err(e))?;
+            drop(slot);
+            held.keep(conn);
             Ok::<_, outbox_core::Error>(settled)
         }
         .await;
@@ -211,5 +243,9 @@ impl SqlStore {
                 (0, rest)
             }
         }
+    }
+
+    fn sqlx_err(&self, err: sqlx::Error) -> outbox_core::Error {
+        self.db_err(from_sqlx(err))
     }
 }
