@@ -62,6 +62,18 @@ impl Usage {
 }
 
 impl Usage {
+    /// Both spans together, as if measured back to back.
+    pub(crate) fn plus(&self, other: &Self) -> Self {
+        Self {
+            wall_s: self.wall_s + other.wall_s,
+            postgres_s: self.postgres_s + other.postgres_s,
+            nats_s: self.nats_s + other.nats_s,
+            redis_s: self.redis_s + other.redis_s,
+            bench_s: self.bench_s + other.bench_s,
+            other_s: self.other_s + other.other_s,
+        }
+    }
+
     /// `"1.62 of 2 cores busy (0.35 other)"`: how loaded the machine was.
     pub(crate) fn load(&self) -> String {
         format!("{:.2} of 2 cores busy ({:.2} other)", self.busy_cores(), self.other_s / self.wall_s.max(1e-9))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use outbox::nats::async_nats;
-use outbox::{Bus, FallbackConfig, Lease, OutboxStore, Relay};
+use outbox::{Bus, FallbackConfig, OutboxStore, Relay};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use crate::cpu::Usage;
@@ -23,6 +23,8 @@ pub(crate) struct Plan {
     pub(crate) n_batch1: usize,
     /// Messages for the one-message-per-transaction relay.
     pub(crate) n_seed: usize,
+    /// Alternating rounds of the store-vs-raw-SQL comparison (n / rounds rows each).
+    pub(crate) store_rounds: usize,
     /// Relay instances to try.
     pub(crate) relays: Vec<usize>,
     /// Give up on a drain after this long and report the partial rate.
@@ -45,6 +47,7 @@ impl Plan {
                 n,
                 n_batch1: (n / 20).max(100),
                 n_seed: (n / 20).max(100),
+                store_rounds: 2,
                 relays: vec![1, 4],
                 deadline: Duration::from_secs(20),
                 n_keyed: (n / 2).max(100),
@@ -58,6 +61,7 @@ impl Plan {
                 n,
                 n_batch1: (n / 40).max(100),
                 n_seed: (n / 40).max(100),
+                store_rounds: 4,
                 relays: vec![1, 2, 3, 4],
                 deadline: Duration::from_secs(90),
                 n_keyed: (n / 4).max(100),
@@ -242,51 +246,6 @@ async fn raw_redis(env: &Env, n: usize) -> (f64, Usage) {
     r
 }
 
-/// Raw SQL claim+delete on one connection: the single statement a hand-tuned relay would run.
-async fn raw_sql(env: &Env, n: usize, batch: usize) -> (f64, Usage) {
-    let table = env.table(false).await;
-    table.prefill(n, "raw", Keys::None).await;
-    let sql = format!(
-        "DELETE FROM \"{t}\" WHERE seq IN (SELECT seq FROM \"{t}\" WHERE status = 0 ORDER BY seq LIMIT {batch} \
-         FOR UPDATE SKIP LOCKED) RETURNING id, topic, msg_key, payload, headers",
-        t = table.name
-    );
-    let cpu0 = env.cpu().await;
-    let start = Instant::now();
-    let mut done = 0;
-    loop {
-        let rows = table.db.query_all_raw(stmt(sql.clone())).await.expect("delete");
-        if rows.is_empty() {
-            break;
-        }
-        done += rows.len();
-    }
-    let r = (rate(done, start.elapsed()), cpu0.until(&env.cpu().await));
-    table.drop().await;
-    r
-}
-
-/// The store's own `claim_due` + `complete`, in a loop, no broker.
-async fn store_claim_complete(env: &Env, n: usize, batch: usize) -> (f64, Usage) {
-    let table = env.table(false).await;
-    table.prefill(n, "store", Keys::None).await;
-    let cpu0 = env.cpu().await;
-    let start = Instant::now();
-    let mut done = 0;
-    loop {
-        let lease = Lease::new(Duration::from_secs(30));
-        let claimed = table.store.claim_due(batch, Duration::ZERO, &lease).await.expect("claim");
-        if claimed.is_empty() {
-            break;
-        }
-        let ids: Vec<_> = claimed.iter().map(|m| m.id).collect();
-        done += table.store.complete(&ids, &lease).await.expect("complete") as usize;
-    }
-    let r = (rate(done, start.elapsed()), cpu0.until(&env.cpu().await));
-    table.drop().await;
-    r
-}
-
 /// The classic outbox publisher: `BEGIN; SELECT one row FOR UPDATE SKIP LOCKED`; publish and
 /// await the JetStream ack; `DELETE; COMMIT` — one message per transaction.
 async fn seed_style(env: &Env, n: usize) -> (f64, Usage) {
@@ -346,7 +305,7 @@ fn drain_row(section: &'static str, d: Drain, r: &Drained, floor: Option<(f64, &
 }
 
 /// Runs every drain scenario and its baselines.
-pub(crate) async fn run(env: &Env, report: &mut Report, plan: &Plan) {
+pub(crate) async fn run(env: &Env, report: &mut Report, plan: &Plan, raw_sql_at: &[(usize, f64)]) {
     let Plan { n, n_batch1, n_seed, .. } = *plan;
     println!("# drain: N = {n} (batch 1: {n_batch1}; seed-style: {n_seed}), 256-byte payloads, no keys");
 
@@ -359,23 +318,6 @@ pub(crate) async fn run(env: &Env, report: &mut Report, plan: &Plan) {
     );
     let (raw_rd, cpu) = raw_redis(env, n).await;
     report.add(Row::new("drain", "raw Redis XADD (pipelines of 1,000)", raw_rd, "msg/s").n(n).cpu(cpu));
-    let mut raw_sql_at = Vec::new();
-    for batch in [100, 1000] {
-        let (raw, cpu) = raw_sql(env, n, batch).await;
-        raw_sql_at.push((batch, raw));
-        report.add(
-            Row::new("drain", format!("raw SQL claim+delete (DELETE … RETURNING), batch {batch}"), raw, "rows/s")
-                .n(n)
-                .cpu(cpu),
-        );
-        let (store, cpu) = store_claim_complete(env, n, batch).await;
-        report.add(
-            Row::new("drain", format!("store claim_due + complete, batch {batch}"), store, "rows/s")
-                .n(n)
-                .check(Check::ratio("raw SQL", store / raw, Some(Goal::AtLeast(0.8))))
-                .cpu(cpu),
-        );
-    }
     let (seed, cpu) = seed_style(env, n_seed).await;
     report.add(
         Row::new("drain", "seed-style relay → JetStream (1 msg per transaction, ack inside it)", seed, "msg/s")

@@ -15,6 +15,7 @@ mod latency;
 mod machine;
 mod probe;
 mod report;
+mod store;
 mod writer;
 
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 4] = ["drain", "latency", "writer", "idle"];
+const SECTIONS: [&str; 5] = ["store", "drain", "latency", "writer", "idle"];
 
 #[derive(Debug, Parser)]
 #[command(about = "Outbox benchmarks against the local Postgres, NATS JetStream and Redis")]
@@ -38,7 +39,7 @@ struct Args {
     /// run of every section, nothing otherwise).
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Only these sections (drain, latency, writer, idle); default all.
+    /// Only these sections (store, drain, latency, writer, idle); default all; drain runs store too.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SECTIONS))]
     only: Vec<String>,
     /// Messages per drain (default 200,000; 20,000 with --quick).
@@ -98,8 +99,13 @@ async fn main() -> Result<(), env::BoxError> {
     report.machine(machine::Machine::probe(&env).await);
     let started = Instant::now();
     report::print_header();
-    if args.wants("drain") {
-        drain::run(&env, &mut report, &drain::Plan::new(args.quick, args.n)).await;
+    // The drain takes its SQL floor from the store section, so it runs that too.
+    if args.wants("store") || args.wants("drain") {
+        let plan = drain::Plan::new(args.quick, args.n);
+        let raw_sql_at = store::run(&env, &mut report, plan.n / plan.store_rounds, plan.store_rounds).await;
+        if args.wants("drain") {
+            drain::run(&env, &mut report, &plan, &raw_sql_at).await;
+        }
     }
     if args.wants("latency") {
         latency::run(&env, &mut report, args.quick).await;

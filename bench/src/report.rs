@@ -285,6 +285,7 @@ impl Report {
         }
         let _ = writeln!(md, "```sh\n{}\n```\n\nRun time: {:.0} s.\n", self.command, self.elapsed_s);
         let sections = [
+            ("store", "Store claim+complete against raw SQL"),
             ("drain", "Backlog drain and its baselines"),
             ("keys", "Backlog drain with per-key order"),
             ("latency", "Latency"),
