@@ -178,6 +178,7 @@ impl SqlStore {
     /// `SELECT … FOR UPDATE SKIP LOCKED` of what `pick` may claim, leaving out `held_tids`.
     pub(crate) fn held_claim_query(&self, pick: Pick<'_>, now: UnixMillis, held_tids: &[String]) -> Query {
         let mut q = Query::new(self.dialect);
+        self.push_oldest_pending(&mut q, pick);
         q.push("SELECT ").push(MESSAGE_COLUMNS).push(", c.ctid::text FROM ").push(&self.table).push(" c");
         self.push_claimable(&mut q, now, pick, held_tids);
         q.push(" FOR UPDATE OF c SKIP LOCKED");
