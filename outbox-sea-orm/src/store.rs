@@ -354,7 +354,13 @@ impl SqlStore {
         if self.dialect == Dialect::Postgres {
             q.push(" FOR UPDATE OF c SKIP LOCKED");
         }
-        q.push(") RETURNING ").push(MESSAGE_COLUMNS);
+        q.push(")");
+        if self.dialect == Dialect::Postgres {
+            // The claim commits without waiting for its WAL flush: a lease lost in a database
+            // crash only lets the rows be claimed again (a duplicate, which dedup removes).
+            q.push(" AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL");
+        }
+        q.push(" RETURNING ").push(MESSAGE_COLUMNS);
         q
     }
 

@@ -78,6 +78,20 @@ async fn small_claims_by_id_take_a_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_claim_commits_asynchronously_without_changing_the_session() {
+    let Some(store) = held_store().await else { return };
+    let one = peer(&store, "lease_sync", 1).await; // one connection: the claim's and the check's
+    let ids = one.enqueue(messages("held.sync", 3)).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(one.claim_ids(&ids, &lease).await.unwrap().len(), 3);
+    let db = one.connection();
+    let show = Statement::from_string(db.get_database_backend(), "SHOW synchronous_commit");
+    let setting: String = db.query_one_raw(show).await.unwrap().unwrap().try_get_by_index(0).unwrap();
+    assert_eq!(setting, "on", "the claim's asynchronous commit stayed within its own statement");
+    assert_eq!(one.complete(&ids, &lease).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeps_take_leases_while_idle_and_hold_claims_once_busy() {
     let Some(store) = held_store().await else { return };
     let t = table(&store);
