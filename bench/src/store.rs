@@ -22,17 +22,14 @@ pub(crate) const BATCHES: [usize; 2] = [100, 1000];
 struct Tally {
     rows: usize,
     time: Duration,
-    cpu: Option<Usage>,
+    cpu: Usage,
 }
 
 impl Tally {
     fn add(&mut self, rows: usize, time: Duration, cpu: Usage) {
         self.rows += rows;
         self.time += time;
-        self.cpu = Some(match self.cpu.take() {
-            Some(sum) => sum.plus(&cpu),
-            None => cpu,
-        });
+        self.cpu = self.cpu.plus(&cpu);
     }
 
     fn rate(&self) -> f64 {
@@ -57,31 +54,18 @@ pub(crate) async fn run(env: &Env, report: &mut Report, n: usize, rounds: usize)
         }
         raw_at.push((batch, raw.rate()));
         let n_total = n * rounds;
-        let mut row = Row::new(
-            "store",
-            format!("raw SQL claim+delete (DELETE … RETURNING), batch {batch}"),
-            raw.rate(),
-            "rows/s",
-        )
-        .n(n_total);
-        if let Some(cpu) = raw.cpu {
-            row = row.cpu(cpu);
-        }
-        report.add(row);
+        let name = format!("raw SQL claim+delete (DELETE … RETURNING), batch {batch}");
+        report.add(Row::new("store", name, raw.rate(), "rows/s").n(n_total).cpu(raw.cpu));
         let name = format!("raw SQL claim+delete on one dedicated connection, batch {batch}");
-        let mut row = Row::new("store", name, dedicated.rate(), "rows/s").n(n_total);
-        if let Some(cpu) = dedicated.cpu {
-            row = row.cpu(cpu);
-        }
-        report.add(row);
-        let mut row = Row::new("store", format!("store claim_due + complete, batch {batch}"), store.rate(), "rows/s")
-            .n(n_total)
-            .check(Check::ratio("raw SQL", store.rate() / raw.rate(), Some(Goal::AtLeast(0.8))))
-            .check(Check::ratio("raw SQL on one dedicated connection", store.rate() / dedicated.rate(), None));
-        if let Some(cpu) = store.cpu {
-            row = row.cpu(cpu);
-        }
-        report.add(row);
+        report.add(Row::new("store", name, dedicated.rate(), "rows/s").n(n_total).cpu(dedicated.cpu));
+        let name = format!("store claim_due + complete, batch {batch}");
+        report.add(
+            Row::new("store", name, store.rate(), "rows/s")
+                .n(n_total)
+                .check(Check::ratio("raw SQL", store.rate() / raw.rate(), Some(Goal::AtLeast(0.8))))
+                .check(Check::ratio("raw SQL on one dedicated connection", store.rate() / dedicated.rate(), None))
+                .cpu(store.cpu),
+        );
     }
     raw_at
 }

@@ -60,6 +60,18 @@ impl std::fmt::Debug for Held {
     }
 }
 
+impl Held {
+    /// Ends the transaction with `statement` (`COMMIT` or `ROLLBACK`); its slot frees up and
+    /// its connection waits for the next claim.
+    async fn finish(self, held: &HeldClaims, statement: &'static str) -> std::result::Result<(), sqlx::Error> {
+        let Held { txn, _slot: slot, .. } = self;
+        let conn = txn.end(statement).await?;
+        drop(slot);
+        held.keep(conn);
+        Ok(())
+    }
+}
+
 /// A reserved place among the claims held at once, given back on drop.
 struct Slot(Arc<AtomicUsize>);
 
@@ -155,8 +167,7 @@ impl SqlStore {
         };
         let held_tids: Vec<String> = claim.open.values().cloned().collect();
         let q = self.held_claim_query(pick, now, &held_tids);
-        let (sql, values) = q.into_parts();
-        let found = claim.txn.fetch_all(sql, values).await.map_err(|e| self.sqlx_err(e))?;
+        let found = claim.txn.fetch_all(q).await.map_err(|e| self.sqlx_err(e))?;
         let mut rows = Vec::with_capacity(found.len());
         let mut tids = Vec::with_capacity(found.len());
         for row in &found {
@@ -164,10 +175,7 @@ impl SqlStore {
             tids.push(row.text(TID_COLUMN).map_err(|e| self.db_err(e))?);
         }
         if rows.is_empty() && claim.open.is_empty() {
-            let Held { txn, _slot: slot, .. } = claim;
-            let conn = txn.rollback().await.map_err(|e| self.sqlx_err(e))?;
-            drop(slot);
-            held.keep(conn);
+            claim.finish(held, "ROLLBACK").await.map_err(|e| self.sqlx_err(e))?;
             return Ok(Some(rows));
         }
         claim.open.extend(rows.iter().map(|r| r.message.id).zip(tids));
@@ -215,8 +223,7 @@ impl SqlStore {
         }
         let count = mine.len();
         let outcome = async move {
-            let (sql, values) = statement(&mine, &tids).into_parts();
-            let settled = claim.txn.execute(sql, values).await.map_err(|e| self.sqlx_err(e))?;
+            let settled = claim.txn.execute(statement(&mine, &tids)).await.map_err(|e| self.sqlx_err(e))?;
             if !claim.open.is_empty() {
                 let mut q = Query::new(self.dialect);
                 q.push("UPDATE ")
@@ -226,14 +233,10 @@ impl SqlStore {
                     .push(", claim_token = ")
                     .bind(lease.token)
                     .push(" WHERE ")
-                    .tid_in("ctid", claim.open.into_values().collect());
-                let (sql, values) = q.into_parts();
-                claim.txn.execute(sql, values).await.map_err(|e| self.sqlx_err(e))?;
+                    .tid_in("ctid", claim.open.drain().map(|(_, tid)| tid).collect());
+                claim.txn.execute(q).await.map_err(|e| self.sqlx_err(e))?;
             }
-            let Held { txn, _slot: slot, .. } = claim;
-            let conn = txn.commit().await.map_err(|e| self.sqlx_err(e))?;
-            drop(slot);
-            held.keep(conn);
+            claim.finish(held, "COMMIT").await.map_err(|e| self.sqlx_err(e))?;
             Ok::<_, outbox_core::Error>(settled)
         }
         .await;

@@ -8,11 +8,12 @@
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use sea_orm::Values;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, AssertSqlSafe, PgConnection, PgPool, Postgres};
 use sea_query_sqlx::SqlxValues;
+
+use crate::sql::Query;
 
 /// How long a connection waits between held claims before it goes back to the pool.
 const SPARE_FOR: Duration = Duration::from_secs(1);
@@ -39,26 +40,21 @@ impl Txn {
         self.conn.as_mut().expect("a transaction keeps its connection until it ends")
     }
 
-    pub(super) async fn fetch_all(&mut self, sql: String, values: Values) -> Result<Vec<PgRow>, sqlx::Error> {
+    pub(super) async fn fetch_all(&mut self, q: Query) -> Result<Vec<PgRow>, sqlx::Error> {
+        let (sql, values) = q.into_parts();
         sqlx::query_with(AssertSqlSafe(sql), SqlxValues(values)).fetch_all(self.conn()).await
     }
 
     /// Runs a statement; returns the rows it changed.
-    pub(super) async fn execute(&mut self, sql: String, values: Values) -> Result<u64, sqlx::Error> {
+    pub(super) async fn execute(&mut self, q: Query) -> Result<u64, sqlx::Error> {
+        let (sql, values) = q.into_parts();
         let done = sqlx::query_with(AssertSqlSafe(sql), SqlxValues(values)).execute(self.conn()).await?;
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn commit(self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        self.end("COMMIT").await
-    }
-
-    pub(super) async fn rollback(self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        self.end("ROLLBACK").await
-    }
-
-    /// Ends the transaction and gives the connection back for the next claim.
-    async fn end(mut self, statement: &'static str) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    /// Ends the transaction with `COMMIT` or `ROLLBACK` and gives the connection back for the
+    /// next claim.
+    pub(super) async fn end(mut self, statement: &'static str) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         sqlx::raw_sql(statement).execute(self.conn()).await?;
         Ok(self.conn.take().expect("a transaction keeps its connection until it ends"))
     }
