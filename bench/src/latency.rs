@@ -236,7 +236,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report, quick: bool) {
 }
 
 /// Says how a latency histogram compares with the floor measured beside it.
-type FloorNote<'a> = dyn Fn(&Histogram<u64>, &crate::cpu::Usage, i64) -> Option<String> + 'a;
+type FloorNote<'a> = dyn Fn(&Histogram<u64>, &crate::cpu::Usage, i64) -> Option<String> + Send + Sync + 'a;
 
 /// A relay in another process (this binary, `relay` subcommand), woken by `LISTEN`/`NOTIFY`.
 async fn cross_process(env: &Env, report: &mut Report, rate: u64, secs: u64, vs_floor: &FloorNote<'_>) {

@@ -94,6 +94,12 @@ async fn main() -> Result<(), env::BoxError> {
     if let Some(Child::Relay { table, prefix }) = &args.child {
         return latency::relay_process(table, prefix).await;
     }
+    // On a runtime worker, as a relay's tasks run: `main` itself sleeps on a futex between
+    // wake-ups, which would add a thread switch to every database round trip.
+    tokio::spawn(run(args)).await?
+}
+
+async fn run(args: Args) -> Result<(), env::BoxError> {
     let env = env::Env::connect().await?;
     let mut report = report::Report::new(command_line());
     report.machine(machine::Machine::probe(&env).await);

@@ -26,7 +26,7 @@ use crate::error::{backend_name, from_db_err};
 #[cfg(feature = "postgres")]
 use crate::held::HeldClaims;
 use crate::schema::{MAX_ERROR_LEN, MESSAGE_COLUMNS};
-use crate::sql::{Dialect, Query};
+use crate::sql::{Dialect, Query, Tid};
 
 /// Ids per statement when they go into an `IN (…)` list (SQLite allows 32,766 binds).
 const MAX_IDS_PER_STATEMENT: usize = 4_000;
@@ -230,7 +230,7 @@ impl SqlStore {
     /// `c` is claimable: pending, due, not under a live claim, and the head of its key; and
     /// not among `held`, rows this claim's own transaction already locked (its own locks do
     /// not make `SKIP LOCKED` skip them).
-    pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[String]) {
+    pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[Tid]) {
         q.push(" WHERE c.status = 0 AND c.available_at <= ")
             .bind(now)
             .push(" AND (c.claimed_until IS NULL OR c.claimed_until <= ")
@@ -240,7 +240,7 @@ impl SqlStore {
             .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)))");
         #[cfg(feature = "postgres")]
         if !held.is_empty() {
-            q.push(" AND NOT ").tid_in("c.ctid", held.to_vec());
+            q.push(" AND NOT ").tid_in("c.ctid", held);
         }
         #[cfg(not(feature = "postgres"))]
         let _ = held;
@@ -314,8 +314,9 @@ impl SqlStore {
         Ok(rows.into_iter().map(|r| r.message).collect())
     }
 
-    /// A held claim costs two more round trips (BEGIN, COMMIT) than a lease and saves a row
-    /// version per message: it pays off for big batches. Small claims by id (the listener at
+    /// A held claim costs one more round trip than a lease (`COMMIT`, which also begins the
+    /// next claim's transaction) and saves a row version per message: it pays off for big
+    /// batches. Small claims by id (the listener at
     /// low rates, where latency counts) and sweeps that keep finding nothing take leases.
     #[cfg(feature = "postgres")]
     fn worth_holding(held: &HeldClaims, pick: Pick<'_>) -> bool {
@@ -426,7 +427,7 @@ impl SqlStore {
         match rows {
             Rows::Ids(ids) => q.uuid_in("id", ids.iter().map(|id| id.as_uuid())),
             #[cfg(feature = "postgres")]
-            Rows::Tids(tids) => q.tid_in("ctid", tids.to_vec()),
+            Rows::Tids(tids) => q.tid_in("ctid", tids),
         };
         Self::push_held_by(&mut q, lease, now);
         q
@@ -524,7 +525,7 @@ impl SqlStore {
 enum Rows<'a> {
     Ids(&'a [MessageId]),
     #[cfg(feature = "postgres")]
-    Tids(&'a [String]),
+    Tids(&'a [Tid]),
 }
 
 fn limit_value(limit: usize) -> i64 {
@@ -585,7 +586,7 @@ impl OutboxStore for SqlStore {
         #[cfg(feature = "postgres")]
         let rest = match &self.held {
             Some(held) => {
-                let complete = |_: &[MessageId], tids: &[String]| self.complete_query(Rows::Tids(tids), None, now);
+                let complete = |_: &[MessageId], tids: &[Tid]| self.complete_query(Rows::Tids(tids), None, now);
                 let (settled, rest) = self.settle_held(held, lease, ids, |id| *id, complete).await;
                 done += settled;
                 rest
@@ -605,7 +606,7 @@ impl OutboxStore for SqlStore {
         #[cfg(feature = "postgres")]
         let rest: Vec<Failure> = match &self.held {
             Some(held) => {
-                let fail = |mine: &[Failure], _: &[String]| self.fail_query(mine, None, now);
+                let fail = |mine: &[Failure], _: &[Tid]| self.fail_query(mine, None, now);
                 self.settle_held(held, lease, failures, |f| f.id, fail).await.1
             }
             None => failures.to_vec(),
@@ -797,8 +798,11 @@ mod explain_tests {
         let ids: Vec<MessageId> = (0..256).map(|_| MessageId::new()).collect();
         let by_id = store.claim_update(Pick::Ids(&ids), &lease, now, until);
         let window = Some(SWEEP_WINDOW);
-        let held_due =
-            store.held_claim_query(Pick::Due { created_before: now, limit: 500, window }, now, &["(0,1)".to_owned()]);
+        let held_due = store.held_claim_query(
+            Pick::Due { created_before: now, limit: 500, window },
+            now,
+            &[Tid { block: 0, offset: 1 }],
+        );
         let held_ids = store.held_claim_query(Pick::Ids(&ids), now, &[]);
         let plans = [
             ("leased claim_due", explain(&store, due).await),

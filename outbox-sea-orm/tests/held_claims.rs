@@ -196,7 +196,7 @@ async fn claims_beyond_half_the_pool_take_a_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_kept_for_the_next_claim_goes_back_to_the_pool_unused() {
+async fn a_transaction_kept_for_the_next_claim_holds_nothing_and_goes_back_to_the_pool_unused() {
     let Some(store) = held_store().await else { return };
     let small = peer(&store, "held_spare", 2).await;
     let pool = small.connection().get_postgres_connection_pool().clone();
@@ -204,11 +204,24 @@ async fn a_connection_kept_for_the_next_claim_goes_back_to_the_pool_unused() {
     let lease = Lease::new(TTL);
     assert_eq!(small.claim_ids(&ids, &lease).await.unwrap().len(), HELD);
     assert_eq!(small.complete(&ids, &lease).await.unwrap(), HELD as u64);
+
+    // The commit began the next claim's transaction (kept for about a second): it must hold no
+    // snapshot and no transaction id, or it would hold back vacuum.
+    let of_relay = "FROM pg_stat_activity WHERE application_name = 'held_spare'";
+    let kept = scalar(&store, format!("SELECT COUNT(*) {of_relay} AND state = 'idle in transaction'")).await;
+    assert_eq!(kept, 1, "the next claim's transaction is open on the kept connection");
+    let holding =
+        scalar(&store, format!("SELECT COUNT(*) {of_relay} AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)"))
+            .await;
+    assert_eq!(holding, 0, "a kept transaction holds no snapshot or transaction id");
+
     eventually("the unused connection to go back to the pool", Duration::from_secs(10), || {
         let pool = pool.clone();
         async move { (pool.num_idle() == pool.size() as usize).then_some(()) }
     })
     .await;
+    let open = scalar(&store, format!("SELECT COUNT(*) {of_relay} AND state <> 'idle'")).await;
+    assert_eq!(open, 0, "the kept transaction was rolled back before its connection went back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

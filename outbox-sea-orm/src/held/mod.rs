@@ -17,14 +17,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{Lease, MessageId, Result, UnixMillis};
-use sea_orm::sqlx::{self, Postgres, pool::PoolConnection};
+use sea_orm::sqlx::{self, Row as _};
 use uuid::Uuid;
 
-use self::txn::{Spares, Txn};
-use crate::decode::{Columns, Row};
+use self::txn::{Opened, Spares, Txn};
+use crate::decode::Row;
 use crate::error::from_sqlx;
 use crate::schema::MESSAGE_COLUMNS;
-use crate::sql::Query;
+use crate::sql::{Query, Tid};
 use crate::store::{Pick, SqlStore};
 
 /// Where a held claim's query puts `ctid`: right after [`MESSAGE_COLUMNS`].
@@ -48,7 +48,7 @@ pub(crate) struct Held {
     txn: Txn,
     /// Unsettled rows: message id → `ctid`, the cheapest way back to a row this transaction
     /// has locked.
-    open: HashMap<MessageId, String>,
+    open: HashMap<MessageId, Tid>,
     /// When the lease ends; unsettled rows get this as their `claimed_until`.
     expires_at: UnixMillis,
     _slot: Slot,
@@ -61,13 +61,13 @@ impl std::fmt::Debug for Held {
 }
 
 impl Held {
-    /// Ends the transaction with `statement` (`COMMIT` or `ROLLBACK`); its slot frees up and
-    /// its connection waits for the next claim.
-    async fn finish(self, held: &HeldClaims, statement: &'static str) -> std::result::Result<(), sqlx::Error> {
-        let Held { txn, _slot: slot, .. } = self;
-        let conn = txn.end(statement).await?;
+    /// Ends the transaction with `end` (`COMMIT` or `ROLLBACK`) and begins the next claim's
+    /// in the same round trip; the slot frees up and the new transaction waits for that claim.
+    async fn finish(self, held: &HeldClaims, end: &'static str) -> std::result::Result<(), sqlx::Error> {
+        let Held { mut txn, _slot: slot, .. } = self;
+        txn.renew(end).await?;
         drop(slot);
-        held.keep(conn);
+        held.keep(txn);
         Ok(())
     }
 }
@@ -132,11 +132,11 @@ impl HeldClaims {
             .map(|_| Slot(self.in_use.clone()))
     }
 
-    /// Sets aside the connection of a claim that ended, while connections in use for held
-    /// claims stay within the capacity.
-    fn keep(&self, conn: PoolConnection<Postgres>) {
+    /// Sets aside the next transaction of a claim that ended, while connections in use for
+    /// held claims stay within the capacity.
+    fn keep(&self, txn: Txn) {
         let room = self.capacity.saturating_sub(self.in_use.load(Ordering::Acquire));
-        self.spares.keep(conn, room);
+        self.spares.keep(txn, room);
     }
 
     /// Rows held by this store's open claims.
@@ -155,24 +155,33 @@ impl SqlStore {
         lease: &Lease,
         now: UnixMillis,
     ) -> Result<Option<Vec<Row>>> {
-        let mut claim = match held.take(lease.token) {
-            Some(claim) => claim,
+        let pool = self.db.get_postgres_connection_pool();
+        let (mut claim, opened) = match held.take(lease.token) {
+            Some(claim) => (claim, None),
             None => {
                 let Some(slot) = held.reserve() else { return Ok(None) };
-                let pool = self.db.get_postgres_connection_pool();
-                let txn = held.spares.begin(pool, lease.ttl).await.map_err(|e| self.sqlx_err(e))?;
+                let (txn, opened) = held.spares.begin(pool, lease.ttl).await.map_err(|e| self.sqlx_err(e))?;
                 let expires_at = now.saturating_add(duration_millis(lease.ttl));
-                Held { txn, open: HashMap::new(), expires_at, _slot: slot }
+                (Held { txn, open: HashMap::new(), expires_at, _slot: slot }, Some(opened))
             }
         };
-        let held_tids: Vec<String> = claim.open.values().cloned().collect();
-        let q = self.held_claim_query(pick, now, &held_tids);
-        let found = claim.txn.fetch_all(q).await.map_err(|e| self.sqlx_err(e))?;
+        let held_tids: Vec<Tid> = claim.open.values().copied().collect();
+        let found = match claim.txn.fetch_all(self.held_claim_query(pick, now, &held_tids)).await {
+            Ok(found) => found,
+            // Most likely a kept transaction whose connection the server dropped.
+            Err(error) if opened == Some(Opened::Kept) => {
+                tracing::debug!(%error, "a kept transaction failed; claiming on a fresh connection");
+                claim.txn = Spares::fresh(pool, lease.ttl).await.map_err(|e| self.sqlx_err(e))?;
+                let q = self.held_claim_query(pick, now, &held_tids);
+                claim.txn.fetch_all(q).await.map_err(|e| self.sqlx_err(e))?
+            }
+            Err(error) => return Err(self.sqlx_err(error)),
+        };
         let mut rows = Vec::with_capacity(found.len());
         let mut tids = Vec::with_capacity(found.len());
         for row in &found {
             rows.push(self.decode(row)?);
-            tids.push(row.text(TID_COLUMN).map_err(|e| self.db_err(e))?);
+            tids.push(row.try_get::<Tid, _>(TID_COLUMN).map_err(|e| self.sqlx_err(e))?);
         }
         if rows.is_empty() && claim.open.is_empty() {
             claim.finish(held, "ROLLBACK").await.map_err(|e| self.sqlx_err(e))?;
@@ -184,10 +193,10 @@ impl SqlStore {
     }
 
     /// `SELECT … FOR UPDATE SKIP LOCKED` of what `pick` may claim, leaving out `held_tids`.
-    pub(crate) fn held_claim_query(&self, pick: Pick<'_>, now: UnixMillis, held_tids: &[String]) -> Query {
+    pub(crate) fn held_claim_query(&self, pick: Pick<'_>, now: UnixMillis, held_tids: &[Tid]) -> Query {
         let mut q = Query::new(self.dialect);
         self.push_oldest_pending(&mut q, pick);
-        q.push("SELECT ").push(MESSAGE_COLUMNS).push(", c.ctid::text FROM ").push(&self.table).push(" c");
+        q.push("SELECT ").push(MESSAGE_COLUMNS).push(", c.ctid FROM ").push(&self.table).push(" c");
         self.push_claimable(&mut q, now, pick, held_tids);
         q.push(" FOR UPDATE OF c SKIP LOCKED");
         q
@@ -204,7 +213,7 @@ impl SqlStore {
         lease: &Lease,
         items: &[T],
         id_of: impl Fn(&T) -> MessageId,
-        statement: impl Fn(&[T], &[String]) -> Query,
+        statement: impl Fn(&[T], &[Tid]) -> Query,
     ) -> (u64, Vec<T>) {
         let Some(mut claim) = held.take(lease.token) else { return (0, items.to_vec()) };
         let (mut mine, mut tids, mut rest) = (Vec::new(), Vec::new(), Vec::new());
@@ -233,7 +242,7 @@ impl SqlStore {
                     .push(", claim_token = ")
                     .bind(lease.token)
                     .push(" WHERE ")
-                    .tid_in("ctid", claim.open.drain().map(|(_, tid)| tid).collect());
+                    .tid_in("ctid", claim.open.values());
                 claim.txn.execute(q).await.map_err(|e| self.sqlx_err(e))?;
             }
             claim.finish(held, "COMMIT").await.map_err(|e| self.sqlx_err(e))?;

@@ -3,7 +3,13 @@
 //! Two things SeaORM's transactions do not offer: a `BEGIN` that sets the idle timeout in the
 //! same round trip, and keeping the connection between claims. sqlx pings a connection when it
 //! leaves the pool and again when it comes back, so borrowing afresh for every claim would
-//! add two round trips to the four a held claim needs.
+//! add two round trips to the ones a held claim needs.
+//!
+//! A claim that commits opens the next transaction in the same round trip
+//! (`COMMIT; BEGIN; SET LOCAL …`), so a busy relay's claim cycle is three round trips: claim,
+//! settle, commit. A transaction that has only run `BEGIN` and `SET` holds no snapshot and
+//! no transaction id, so a kept one does not hold back vacuum; it shows as `idle in
+//! transaction` for up to [`SPARE_FOR`].
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -23,21 +29,25 @@ const SPARE_FOR: Duration = Duration::from_secs(1);
 /// instead of handing the pool a connection in mid-transaction.
 pub(super) struct Txn {
     conn: Option<PoolConnection<Postgres>>,
+    /// Ends the transaction (and its locks) if its claimer stalls this long.
+    idle_timeout: Duration,
 }
 
 impl Txn {
-    /// `BEGIN`, with an idle timeout that ends the transaction (and its locks) if its claimer
-    /// stalls.
+    /// `BEGIN`, with the idle timeout.
     async fn begin(conn: PoolConnection<Postgres>, idle_timeout: Duration) -> Result<Self, sqlx::Error> {
-        let mut txn = Self { conn: Some(conn) };
-        let begin =
-            format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}", idle_timeout.as_millis().max(1));
-        sqlx::raw_sql(AssertSqlSafe(begin)).execute(txn.conn()).await?;
+        let mut txn = Self { conn: Some(conn), idle_timeout };
+        txn.run(format!("BEGIN; {}", set_idle_timeout(idle_timeout))).await?;
         Ok(txn)
     }
 
     fn conn(&mut self) -> &mut PgConnection {
         self.conn.as_mut().expect("a transaction keeps its connection until it ends")
+    }
+
+    async fn run(&mut self, statements: String) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(AssertSqlSafe(statements)).execute(self.conn()).await?;
+        Ok(())
     }
 
     pub(super) async fn fetch_all(&mut self, q: Query) -> Result<Vec<PgRow>, sqlx::Error> {
@@ -52,12 +62,22 @@ impl Txn {
         Ok(done.rows_affected())
     }
 
-    /// Ends the transaction with `COMMIT` or `ROLLBACK` and gives the connection back for the
-    /// next claim.
-    pub(super) async fn end(mut self, statement: &'static str) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        sqlx::raw_sql(statement).execute(self.conn()).await?;
-        Ok(self.conn.take().expect("a transaction keeps its connection until it ends"))
+    /// Ends the transaction with `end` (`COMMIT` or `ROLLBACK`) and opens the next one, in
+    /// one round trip. A failed `end` runs nothing after it.
+    pub(super) async fn renew(&mut self, end: &'static str) -> Result<(), sqlx::Error> {
+        self.run(format!("{end}; BEGIN; {}", set_idle_timeout(self.idle_timeout))).await
     }
+
+    /// Rolls back and gives the connection back to the pool.
+    async fn release(mut self) -> Result<(), sqlx::Error> {
+        self.run("ROLLBACK".to_owned()).await?;
+        drop(self.conn.take());
+        Ok(())
+    }
+}
+
+fn set_idle_timeout(timeout: Duration) -> String {
+    format!("SET LOCAL idle_in_transaction_session_timeout = {}", timeout.as_millis().max(1))
 }
 
 impl Drop for Txn {
@@ -68,50 +88,70 @@ impl Drop for Txn {
     }
 }
 
-/// Connections set aside between held claims, newest last.
+/// Where a claim's transaction came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Opened {
+    /// A kept one, begun when the claim before it ended: the server may have dropped its
+    /// connection since (a restart), which only its first statement finds out.
+    Kept,
+    /// Begun just now on a connection from the pool.
+    Fresh,
+}
+
+/// Transactions begun and set aside between held claims, newest last.
 #[derive(Debug, Default)]
 pub(super) struct Spares {
-    conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    txns: Mutex<Vec<(Txn, Instant)>>,
     /// A task is on its way to give old spares back to the pool.
     tidying: Mutex<bool>,
 }
 
+impl std::fmt::Debug for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").field("idle_timeout", &self.idle_timeout).finish()
+    }
+}
+
 impl Spares {
-    fn lock(&self) -> MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<(Txn, Instant)>> {
+        self.txns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a transaction on a spare connection, or on one from the pool. A spare that cannot
-    /// begin is most likely one the server dropped (a restart): a fresh one is tried then.
-    pub(super) async fn begin(&self, pool: &PgPool, idle_timeout: Duration) -> Result<Txn, sqlx::Error> {
-        if let Some(conn) = self.take()
-            && let Ok(txn) = Txn::begin(conn, idle_timeout).await
-        {
-            return Ok(txn);
+    /// A kept transaction with this idle timeout, or one begun on a connection from the pool.
+    pub(super) async fn begin(&self, pool: &PgPool, idle_timeout: Duration) -> Result<(Txn, Opened), sqlx::Error> {
+        if let Some(txn) = self.take(idle_timeout) {
+            return Ok((txn, Opened::Kept));
         }
+        Ok((Self::fresh(pool, idle_timeout).await?, Opened::Fresh))
+    }
+
+    /// A transaction on a connection from the pool.
+    pub(super) async fn fresh(pool: &PgPool, idle_timeout: Duration) -> Result<Txn, sqlx::Error> {
         Txn::begin(pool.acquire().await?, idle_timeout).await
     }
 
-    /// The newest spare younger than [`SPARE_FOR`]; older ones go back to the pool.
-    fn take(&self) -> Option<PoolConnection<Postgres>> {
-        let mut conns = self.lock();
-        let (conn, since) = conns.pop()?;
-        if since.elapsed() < SPARE_FOR {
-            return Some(conn);
+    /// The newest spare, if it was kept less than [`SPARE_FOR`] ago with this idle timeout.
+    /// Others wait for [`Self::tidy`].
+    fn take(&self, idle_timeout: Duration) -> Option<Txn> {
+        let mut txns = self.lock();
+        let (txn, since) = txns.last()?;
+        if txn.idle_timeout != idle_timeout || since.elapsed() >= SPARE_FOR.min(idle_timeout / 2) {
+            return None;
         }
-        conns.clear();
-        None
+        txns.pop().map(|(txn, _)| txn)
     }
 
-    /// Keeps `conn` for the next claim if fewer than `room` are kept; it goes back to the pool
+    /// Keeps `txn` for the next claim if fewer than `room` are kept; it goes back to the pool
     /// otherwise, or after [`SPARE_FOR`] unused.
-    pub(super) fn keep(self: &Arc<Self>, conn: PoolConnection<Postgres>, room: usize) {
+    pub(super) fn keep(self: &Arc<Self>, txn: Txn, room: usize) {
         {
-            let mut conns = self.lock();
-            if conns.len() >= room {
+            let mut txns = self.lock();
+            if txns.len() >= room {
+                drop(txns);
+                tokio::spawn(txn.release());
                 return;
             }
-            conns.push((conn, Instant::now()));
+            txns.push((txn, Instant::now()));
         }
         let mut tidying = self.tidying.lock().unwrap_or_else(|e| e.into_inner());
         if !*tidying {
@@ -120,16 +160,27 @@ impl Spares {
         }
     }
 
-    /// Gives spares unused for [`SPARE_FOR`] back to the pool, until none are left.
+    /// Rolls back spares unused for [`SPARE_FOR`] and gives their connections back to the
+    /// pool, until none are left.
     async fn tidy(spares: Weak<Self>) {
         loop {
             tokio::time::sleep(SPARE_FOR).await;
             let Some(spares) = spares.upgrade() else { return };
-            let mut tidying = spares.tidying.lock().unwrap_or_else(|e| e.into_inner());
-            let mut conns = spares.lock();
-            conns.retain(|(_, since)| since.elapsed() < SPARE_FOR);
-            if conns.is_empty() {
-                *tidying = false;
+            let (stale, done) = {
+                let mut tidying = spares.tidying.lock().unwrap_or_else(|e| e.into_inner());
+                let mut txns = spares.lock();
+                let (stale, kept): (Vec<_>, Vec<_>) =
+                    txns.drain(..).partition(|(_, since)| since.elapsed() >= SPARE_FOR);
+                *txns = kept;
+                *tidying = !txns.is_empty();
+                (stale, txns.is_empty())
+            };
+            drop(spares);
+            for (txn, _) in stale {
+                // One that cannot roll back closes its connection as it drops.
+                let _ = txn.release().await;
+            }
+            if done {
                 return;
             }
         }
