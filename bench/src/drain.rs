@@ -23,8 +23,9 @@ pub(crate) struct Plan {
     pub(crate) n_batch1: usize,
     /// Messages for the one-message-per-transaction relay.
     pub(crate) n_seed: usize,
-    /// Alternating rounds of the store-vs-raw-SQL comparison (n / rounds rows each).
+    /// Alternating rounds of the store-vs-raw-SQL comparison, and rows per round.
     pub(crate) store_rounds: usize,
+    pub(crate) store_round_rows: usize,
     /// Relay instances to try.
     pub(crate) relays: Vec<usize>,
     /// Give up on a drain after this long and report the partial rate.
@@ -47,7 +48,8 @@ impl Plan {
                 n,
                 n_batch1: (n / 20).max(100),
                 n_seed: (n / 20).max(100),
-                store_rounds: 2,
+                store_rounds: 3,
+                store_round_rows: n / 2,
                 relays: vec![1, 4],
                 deadline: Duration::from_secs(20),
                 n_keyed: (n / 2).max(100),
@@ -61,7 +63,8 @@ impl Plan {
                 n,
                 n_batch1: (n / 40).max(100),
                 n_seed: (n / 40).max(100),
-                store_rounds: 4,
+                store_rounds: 8,
+                store_round_rows: n / 4,
                 relays: vec![1, 2, 3, 4],
                 deadline: Duration::from_secs(90),
                 n_keyed: (n / 4).max(100),

@@ -108,7 +108,7 @@ async fn run(args: Args) -> Result<(), env::BoxError> {
     // The drain takes its SQL floor from the store section, so it runs that too.
     if args.wants("store") || args.wants("drain") {
         let plan = drain::Plan::new(args.quick, args.n);
-        let raw_sql_at = store::run(&env, &mut report, plan.n / plan.store_rounds, plan.store_rounds).await;
+        let raw_sql_at = store::run(&env, &mut report, plan.store_round_rows, plan.store_rounds).await;
         if args.wants("drain") {
             drain::run(&env, &mut report, &plan, &raw_sql_at).await;
         }

@@ -14,6 +14,14 @@ pub(crate) fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// Median, 10th and 90th percentile of per-round ratios: the median shrugs off the bursts of
+/// load other people put on the machine, which a ratio of totals does not.
+pub(crate) fn spread(ratios: &[f64]) -> (f64, f64, f64) {
+    let mut r = ratios.to_vec();
+    r.sort_by(f64::total_cmp);
+    (r[r.len() / 2], r[r.len() / 10], r[r.len() - 1 - r.len() / 10])
+}
+
 /// `1234567.8` → `1,234,568`; values below 10 keep two decimals.
 pub(crate) fn num(x: f64) -> String {
     if x.abs() < 10.0 {

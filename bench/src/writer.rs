@@ -8,7 +8,7 @@ use outbox::{ChannelNotifier, NewMessage, Notifier};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 use crate::env::{Env, suffix};
-use crate::report::{Check, Goal, Report, Row, num, rate};
+use crate::report::{Check, Goal, Report, Row, num, rate, spread};
 
 async fn framework(store: &outbox::sea_orm::SqlStore, biz: &str, n: usize) -> Duration {
     let start = Instant::now();
@@ -116,11 +116,6 @@ pub(crate) async fn run(env: &Env, report: &mut Report, quick: bool) {
         .n(n)
         .note(usage.load()),
     );
-    let spread = |r: &[f64]| {
-        let mut r = r.to_vec();
-        r.sort_by(f64::total_cmp);
-        (r[r.len() / 2], r[r.len() / 10], r[r.len() - 1 - r.len() / 10])
-    };
     let (median, lo, hi) = spread(&vs_hand);
     report.add(
         Row::new("writer", "SqlStore::transaction: business row + enqueue, commit, notify", rate(n, fw), "tx/s")

@@ -249,6 +249,18 @@ async fn a_kept_connection_the_server_dropped_is_replaced() {
     assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {}", table(&store))).await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_of_another_type_is_a_clear_error() {
+    let Some(store) = held_store().await else { return };
+    // Column types are checked once per claim, not per value: this must still be caught.
+    let t = table(&store);
+    let db = store.connection();
+    db.execute_unprepared(&format!("ALTER TABLE {t} ALTER COLUMN attempts TYPE bigint")).await.unwrap();
+    let ids = store.enqueue(messages("held.types", HELD)).await.unwrap();
+    let err = store.claim_ids(&ids, &Lease::new(TTL)).await.unwrap_err().to_string();
+    assert!(err.contains("`attempts`") && err.contains("INT8"), "{err}");
+}
+
 #[tokio::test]
 async fn transaction_claims_are_postgres_only() {
     let dir = std::env::temp_dir().join(format!("held-{}", outbox_core::testkit::unique_suffix()));

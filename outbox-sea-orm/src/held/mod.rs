@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{Lease, MessageId, Result, UnixMillis};
-use sea_orm::sqlx::{self, Row as _};
+use sea_orm::sqlx::{self, Postgres};
 use uuid::Uuid;
 
 use self::txn::{Opened, Spares, Txn};
-use crate::decode::Row;
+use crate::decode::{ColumnCheck, Row, checked};
 use crate::error::from_sqlx;
 use crate::schema::MESSAGE_COLUMNS;
 use crate::sql::{Query, Tid};
@@ -179,9 +179,10 @@ impl SqlStore {
         };
         let mut rows = Vec::with_capacity(found.len());
         let mut tids = Vec::with_capacity(found.len());
-        for row in &found {
-            rows.push(self.decode(row)?);
-            tids.push(row.try_get::<Tid, _>(TID_COLUMN).map_err(|e| self.sqlx_err(e))?);
+        let tid_column: ColumnCheck = (TID_COLUMN, <Tid as sqlx::Type<Postgres>>::compatible);
+        for row in checked(&found, &[tid_column]).map_err(|e| self.db_err(e))? {
+            rows.push(self.decode(&row)?);
+            tids.push(row.tid(TID_COLUMN).map_err(|e| self.db_err(e))?);
         }
         if rows.is_empty() && claim.open.is_empty() {
             claim.finish(held, "ROLLBACK").await.map_err(|e| self.sqlx_err(e))?;
