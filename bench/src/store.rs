@@ -66,7 +66,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report, n: usize, rounds: usize)
         let n_total = n * rounds;
         for (tally, raw) in [&raw, &dedicated, &in_subquery].into_iter().zip(Raw::ALL) {
             let name = format!("{}, batch {batch}", raw.name());
-            report.add(Row::new("store", name, tally.rate(), "rows/s").n(n_total).cpu(tally.cpu.clone()));
+            report.add(Row::new("store", name, tally.rate(), "rows/s").n(n_total).cpu(tally.cpu));
         }
         let name = format!("store claim_due + complete, batch {batch}");
         let (median, lo, hi) = spread(&ratios[0]);
