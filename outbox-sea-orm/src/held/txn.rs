@@ -80,6 +80,12 @@ fn set_idle_timeout(timeout: Duration) -> String {
     format!("SET LOCAL idle_in_transaction_session_timeout = {}", timeout.as_millis().max(1))
 }
 
+impl std::fmt::Debug for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").field("idle_timeout", &self.idle_timeout).finish()
+    }
+}
+
 impl Drop for Txn {
     fn drop(&mut self) {
         if let Some(conn) = &mut self.conn {
@@ -104,12 +110,6 @@ pub(super) struct Spares {
     txns: Mutex<Vec<(Txn, Instant)>>,
     /// A task is on its way to give old spares back to the pool.
     tidying: Mutex<bool>,
-}
-
-impl std::fmt::Debug for Txn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Txn").field("idle_timeout", &self.idle_timeout).finish()
-    }
 }
 
 impl Spares {
