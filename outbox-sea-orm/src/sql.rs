@@ -63,6 +63,21 @@ pub(crate) struct Tid {
     pub(crate) offset: u16,
 }
 
+impl Tid {
+    /// `{"(0,1)","(0,2)"}`: digits, parentheses, commas, quotes and braces only, so it can
+    /// also be written into SQL between single quotes.
+    pub(crate) fn array_literal<'t>(tids: impl IntoIterator<Item = &'t Tid>) -> String {
+        use std::fmt::Write;
+        let mut literal = String::from("{");
+        for (i, tid) in tids.into_iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            let _ = write!(literal, "{comma}\"({},{})\"", tid.block, tid.offset);
+        }
+        literal.push('}');
+        literal
+    }
+}
+
 #[cfg(feature = "postgres")]
 impl sea_orm::sqlx::Type<sea_orm::sqlx::Postgres> for Tid {
     fn type_info() -> sea_orm::sqlx::postgres::PgTypeInfo {
@@ -137,14 +152,7 @@ impl Query {
     /// server receives and converts element by element.
     #[cfg(feature = "postgres")]
     pub(crate) fn tid_in<'t>(&mut self, column: &str, tids: impl IntoIterator<Item = &'t Tid>) -> &mut Self {
-        use std::fmt::Write;
-        let mut literal = String::from("{");
-        for (i, tid) in tids.into_iter().enumerate() {
-            let comma = if i > 0 { "," } else { "" };
-            let _ = write!(literal, "{comma}\"({},{})\"", tid.block, tid.offset);
-        }
-        literal.push('}');
-        self.push(column).push(" = ANY(").bind(literal).push("::text::tid[])")
+        self.push(column).push(" = ANY(").bind(Tid::array_literal(tids)).push("::text::tid[])")
     }
 
     /// `column IN (…)`: one array parameter on Postgres, so the statement text (and its
@@ -175,7 +183,7 @@ impl Query {
         Statement::from_sql_and_values(self.dialect.backend(), self.sql, self.values)
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "postgres"))]
     pub(crate) fn sql(&self) -> &str {
         &self.sql
     }

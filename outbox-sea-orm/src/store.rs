@@ -24,7 +24,7 @@ use crate::config::{ClaimMode, SqlStoreConfig};
 use crate::decode::Row;
 use crate::error::{backend_name, from_db_err};
 #[cfg(feature = "postgres")]
-use crate::held::HeldClaims;
+use crate::held::{HeldClaims, Prepared};
 use crate::schema::{MAX_ERROR_LEN, MESSAGE_COLUMNS};
 use crate::sql::{Dialect, Query, Tid};
 
@@ -587,7 +587,12 @@ impl OutboxStore for SqlStore {
         let rest = match &self.held {
             Some(held) => {
                 let complete = |_: &[MessageId], tids: &[Tid]| self.complete_query(Rows::Tids(tids), None, now);
-                let (settled, rest) = self.settle_held(held, lease, ids, |id| *id, complete).await;
+                // Deleting takes no value but the `ctid`s; keeping published rows takes a time.
+                let prepared = match self.config.retention {
+                    Retention::Delete => Prepared::ByTids,
+                    Retention::KeepPublished => Prepared::No,
+                };
+                let (settled, rest) = self.settle_held(held, lease, ids, |id| *id, complete, prepared).await;
                 done += settled;
                 rest
             }
@@ -607,7 +612,7 @@ impl OutboxStore for SqlStore {
         let rest: Vec<Failure> = match &self.held {
             Some(held) => {
                 let fail = |mine: &[Failure], _: &[Tid]| self.fail_query(mine, None, now);
-                self.settle_held(held, lease, failures, |f| f.id, fail).await.1
+                self.settle_held(held, lease, failures, |f| f.id, fail, Prepared::No).await.1
             }
             None => failures.to_vec(),
         };

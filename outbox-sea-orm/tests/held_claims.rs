@@ -222,6 +222,19 @@ async fn a_transaction_kept_for_the_next_claim_holds_nothing_and_goes_back_to_th
     .await;
     let open = scalar(&store, format!("SELECT COUNT(*) {of_relay} AND state <> 'idle'")).await;
     assert_eq!(open, 0, "the kept transaction was rolled back before its connection went back");
+
+    // The settle ran as a statement prepared on that connection; it must not go back with it.
+    let mut conns = Vec::new();
+    for _ in 0..pool.size() {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        let ours: i64 = sea_orm::sqlx::query_scalar("SELECT COUNT(*) FROM pg_prepared_statements WHERE from_sql")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(ours, 0, "the relay's prepared settle was deallocated before its connection went back");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,15 @@ impl Held {
     }
 }
 
+/// Whether a settle statement can run prepared ([`txn::Txn::settle_and_renew`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prepared {
+    /// Its only value is the `ctid` list, bound as `$1`.
+    ByTids,
+    /// It has other values (such as error texts): sent on its own, values bound.
+    No,
+}
+
 /// A reserved place among the claims held at once, given back on drop.
 struct Slot(Arc<AtomicUsize>);
 
@@ -215,6 +224,7 @@ impl SqlStore {
         items: &[T],
         id_of: impl Fn(&T) -> MessageId,
         statement: impl Fn(&[T], &[Tid]) -> Query,
+        prepared: Prepared,
     ) -> (u64, Vec<T>) {
         let Some(mut claim) = held.take(lease.token) else { return (0, items.to_vec()) };
         let (mut mine, mut tids, mut rest) = (Vec::new(), Vec::new(), Vec::new());
@@ -233,6 +243,16 @@ impl SqlStore {
         }
         let count = mine.len();
         let outcome = async move {
+            if prepared == Prepared::ByTids && claim.open.is_empty() {
+                // The whole claim settles: statement, commit and the next BEGIN in one round trip.
+                let q = statement(&mine, &[]);
+                let Held { mut txn, _slot: slot, .. } = claim;
+                let settled = txn.settle_and_renew(q.sql(), &Tid::array_literal(&tids)).await;
+                let settled = settled.map_err(|e| self.sqlx_err(e))?;
+                drop(slot);
+                held.keep(txn);
+                return Ok(settled);
+            }
             let settled = claim.txn.execute(statement(&mine, &tids)).await.map_err(|e| self.sqlx_err(e))?;
             if !claim.open.is_empty() {
                 let mut q = Query::new(self.dialect);
