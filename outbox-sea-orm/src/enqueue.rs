@@ -88,7 +88,7 @@ impl SqlStore {
     /// `SaveChangesAsync` to add outbox rows.
     ///
     /// The closure has the shape of SeaORM's
-    /// [`TransactionTrait::transaction`](sea_orm::TransactionTrait::transaction): it gets
+    /// [`TransactionTrait::transaction`]: it gets
     /// the transaction and returns a boxed future. Its error type `E` must accept outbox
     /// errors (`E: From<outbox_core::Error>`), e.g. `outbox_core::Error` itself, `anyhow::Error`
     /// or your application error. On SQLite the transaction starts with `BEGIN IMMEDIATE`, so

@@ -70,6 +70,21 @@ impl Held {
         held.keep(txn);
         Ok(())
     }
+
+    /// Deletes the whole claim with `statement` (its `ctid`s as `$1`), commits and begins the
+    /// next claim's transaction, in one round trip; returns the rows deleted.
+    async fn settle_all(
+        self,
+        held: &HeldClaims,
+        statement: &str,
+        tids: &[Tid],
+    ) -> std::result::Result<u64, sqlx::Error> {
+        let Held { mut txn, _slot: slot, .. } = self;
+        let settled = txn.settle_and_renew(statement, &Tid::array_literal(tids)).await?;
+        drop(slot);
+        held.keep(txn);
+        Ok(settled)
+    }
 }
 
 /// Whether a settle statement can run prepared ([`txn::Txn::settle_and_renew`]).
@@ -216,7 +231,8 @@ impl SqlStore {
     /// with `statement` (given those items and their `ctid`s), then commits.
     /// Returns the rows it changed and the items it does not hold (leased, or not ours).
     /// A transaction that fails here is gone, and its rows are free again: that counts as a
-    /// lost claim (0 rows), as an expired lease does.
+    /// lost claim (0 rows), as an expired lease does. With [`Prepared::ByTids`], a settle of
+    /// the whole claim goes with the commit in one round trip.
     pub(crate) async fn settle_held<T: Clone>(
         &self,
         held: &HeldClaims,
@@ -246,12 +262,7 @@ impl SqlStore {
             if prepared == Prepared::ByTids && claim.open.is_empty() {
                 // The whole claim settles: statement, commit and the next BEGIN in one round trip.
                 let q = statement(&mine, &[]);
-                let Held { mut txn, _slot: slot, .. } = claim;
-                let settled = txn.settle_and_renew(q.sql(), &Tid::array_literal(&tids)).await;
-                let settled = settled.map_err(|e| self.sqlx_err(e))?;
-                drop(slot);
-                held.keep(txn);
-                return Ok(settled);
+                return claim.settle_all(held, q.sql(), &tids).await.map_err(|e| self.sqlx_err(e));
             }
             let settled = claim.txn.execute(statement(&mine, &tids)).await.map_err(|e| self.sqlx_err(e))?;
             if !claim.open.is_empty() {
