@@ -44,7 +44,7 @@ impl Txn {
     /// `BEGIN`, with the idle timeout.
     async fn begin(conn: PoolConnection<Postgres>, idle_timeout: Duration) -> Result<Self, sqlx::Error> {
         let mut txn = Self { conn: Some(conn), idle_timeout, settle_prepared: false };
-        txn.run(format!("BEGIN; {}", set_idle_timeout(idle_timeout))).await?;
+        txn.run(begin_with(idle_timeout)).await?;
         Ok(txn)
     }
 
@@ -72,7 +72,7 @@ impl Txn {
     /// Ends the transaction with `end` (`COMMIT` or `ROLLBACK`) and opens the next one, in
     /// one round trip. A failed `end` runs nothing after it.
     pub(super) async fn renew(&mut self, end: &'static str) -> Result<(), sqlx::Error> {
-        self.run(format!("{end}; BEGIN; {}", set_idle_timeout(self.idle_timeout))).await
+        self.run(format!("{end}; {}", begin_with(self.idle_timeout))).await
     }
 
     /// Runs `statement` (SQL with one `text` parameter, `$1`) with `argument`, commits and
@@ -86,8 +86,7 @@ impl Txn {
         debug_assert!(!argument.contains(['\'', '\\']));
         let prepare =
             if self.settle_prepared { String::new() } else { format!("PREPARE {SETTLE} (text) AS {statement}; ") };
-        let sql =
-            format!("{prepare}EXECUTE {SETTLE}('{argument}'); COMMIT; BEGIN; {}", set_idle_timeout(self.idle_timeout));
+        let sql = format!("{prepare}EXECUTE {SETTLE}('{argument}'); COMMIT; {}", begin_with(self.idle_timeout));
         let had_prepare = !prepare.is_empty();
         let mut results = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(self.conn());
         let mut changed = Vec::with_capacity(5);
@@ -112,8 +111,10 @@ impl Txn {
     }
 }
 
-fn set_idle_timeout(timeout: Duration) -> String {
-    format!("SET LOCAL idle_in_transaction_session_timeout = {}", timeout.as_millis().max(1))
+/// `BEGIN`, with an idle timeout that ends the transaction (and its locks) if its claimer
+/// stalls.
+fn begin_with(idle_timeout: Duration) -> String {
+    format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}", idle_timeout.as_millis().max(1))
 }
 
 impl std::fmt::Debug for Txn {
