@@ -61,8 +61,9 @@ pub enum ClaimMode {
     /// that dies releases its rows with its connection; a stalled one is cut off by
     /// `idle_in_transaction_session_timeout`, set to the claim TTL. Each claim in flight
     /// holds a pooled connection: at most half the pool, further claims take a lease. So do
-    /// claims by id of fewer than 32 messages (the listener at low rates: two round trips
-    /// fewer) and sweeps while they find nothing (one statement when idle).
+    /// claims by id of fewer than 32 messages (the listener at low rates, where no kept
+    /// transaction is usually waiting: a lease needs no `BEGIN`) and sweeps while they find
+    /// nothing (one statement when idle).
     Transaction,
 }
 

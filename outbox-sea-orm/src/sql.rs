@@ -63,6 +63,7 @@ pub(crate) struct Tid {
     pub(crate) offset: u16,
 }
 
+#[cfg(feature = "postgres")]
 impl Tid {
     /// `{"(0,1)","(0,2)"}`: digits, parentheses, commas, quotes and braces only, so it can
     /// also be written into SQL between single quotes.
@@ -89,20 +90,12 @@ impl sea_orm::sqlx::Type<sea_orm::sqlx::Postgres> for Tid {
 #[cfg(feature = "postgres")]
 impl sea_orm::sqlx::Decode<'_, sea_orm::sqlx::Postgres> for Tid {
     fn decode(value: sea_orm::sqlx::postgres::PgValueRef<'_>) -> Result<Self, sea_orm::sqlx::error::BoxDynError> {
-        use sea_orm::sqlx::postgres::PgValueFormat;
-        match value.format() {
-            PgValueFormat::Binary => match *value.as_bytes()? {
-                [b0, b1, b2, b3, o0, o1] => {
-                    Ok(Self { block: u32::from_be_bytes([b0, b1, b2, b3]), offset: u16::from_be_bytes([o0, o1]) })
-                }
-                ref other => Err(format!("a tid is 6 bytes, got {}", other.len()).into()),
-            },
-            PgValueFormat::Text => {
-                let text = value.as_str()?;
-                let pair = text.strip_prefix('(').and_then(|t| t.strip_suffix(')'));
-                let (block, offset) = pair.and_then(|p| p.split_once(',')).ok_or(format!("not a tid: {text}"))?;
-                Ok(Self { block: block.parse()?, offset: offset.parse()? })
+        // Prepared statements return results in binary: block (4 bytes), then offset (2).
+        match *value.as_bytes()? {
+            [b0, b1, b2, b3, o0, o1] => {
+                Ok(Self { block: u32::from_be_bytes([b0, b1, b2, b3]), offset: u16::from_be_bytes([o0, o1]) })
             }
+            ref other => Err(format!("a binary tid is 6 bytes, got {}", other.len()).into()),
         }
     }
 }

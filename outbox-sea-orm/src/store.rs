@@ -3,9 +3,10 @@
 //! Round trips per call: a leased claim is one `UPDATE … RETURNING` on Postgres (`FOR UPDATE
 //! SKIP LOCKED` in a subquery) and SQLite; on MySQL/MariaDB, which has no `UPDATE … RETURNING`,
 //! it is a short `READ COMMITTED` transaction: `SELECT … FOR UPDATE SKIP LOCKED`, one
-//! `UPDATE`, `COMMIT`. A claim held in a transaction (Postgres) is `BEGIN` and one `SELECT`;
-//! its settle is one statement and `COMMIT` (see [`crate::held`]). `complete` and `fail` are
-//! one statement per batch everywhere.
+//! `UPDATE`, `COMMIT`. A claim held in a transaction (Postgres) is one `SELECT` in a
+//! transaction begun by the previous claim's commit (or a `BEGIN` first); a settle of the whole
+//! claim goes with its `COMMIT` in one round trip (see [`crate::held`]). `complete` and `fail`
+//! are one statement per batch everywhere.
 
 use std::fmt;
 use std::sync::Arc;
@@ -314,10 +315,11 @@ impl SqlStore {
         Ok(rows.into_iter().map(|r| r.message).collect())
     }
 
-    /// A held claim costs one more round trip than a lease (`COMMIT`, which also begins the
-    /// next claim's transaction) and saves a row version per message: it pays off for big
-    /// batches. Small claims by id (the listener at
-    /// low rates, where latency counts) and sweeps that keep finding nothing take leases.
+    /// A held claim saves a row version per message and, while a relay is busy, costs the
+    /// round trips of a lease (its `BEGIN` rides on the previous claim's `COMMIT`); without a
+    /// kept transaction it costs one more, and it pins a connection. It pays off for big
+    /// batches. Small claims by id (the listener at low rates, where latency counts) and
+    /// sweeps that keep finding nothing take leases.
     #[cfg(feature = "postgres")]
     fn worth_holding(held: &HeldClaims, pick: Pick<'_>) -> bool {
         match pick {

@@ -274,6 +274,7 @@ async fn a_column_of_another_type_is_a_clear_error() {
     assert!(err.contains("`attempts`") && err.contains("INT8"), "{err}");
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn transaction_claims_are_postgres_only() {
     let dir = std::env::temp_dir().join(format!("held-{}", outbox_core::testkit::unique_suffix()));
