@@ -1,6 +1,7 @@
 //! The broker side: publish a batch and say, per message, what happened.
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -8,6 +9,7 @@ use crate::message::OutboxMessage;
 
 /// The result of publishing one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PublishOutcome {
     /// The broker acknowledged the message.
     Published,
@@ -16,6 +18,14 @@ pub enum PublishOutcome {
     Duplicate,
     /// It may succeed later (timeout, no connection): retried with backoff.
     Retryable(String),
+    /// The broker asked to be retried no sooner than `delay` (HTTP 429 with `Retry-After`,
+    /// a throttling reply): retried after at least `delay`, and counted as a failed attempt.
+    RetryAfter {
+        /// The earliest retry the broker accepts.
+        delay: Duration,
+        /// What the broker said, kept as `last_error`.
+        error: String,
+    },
     /// It will never succeed as is (too large, rejected destination): dead-lettered at once.
     Permanent(String),
 }

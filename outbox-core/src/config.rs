@@ -58,11 +58,22 @@ pub struct FallbackConfig {
     pub batch_size: usize,
     /// Batches swept in parallel. Default 2; at least 1.
     pub concurrency: usize,
+    /// How often the backlog gauges (`outbox_pending`, `outbox_dead`,
+    /// `outbox_oldest_pending_age_seconds`) are refreshed. Counting them scans every pending
+    /// and dead row, so each relay does it this often, not after every sweep. Default 15 s;
+    /// above 0.
+    pub stats_interval: Duration,
 }
 
 impl Default for FallbackConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(1), min_age: Duration::from_secs(2), batch_size: 500, concurrency: 2 }
+        Self {
+            interval: Duration::from_secs(1),
+            min_age: Duration::from_secs(2),
+            batch_size: 500,
+            concurrency: 2,
+            stats_interval: Duration::from_secs(15),
+        }
     }
 }
 
@@ -85,6 +96,11 @@ impl FallbackConfig {
     /// Sets [`FallbackConfig::concurrency`].
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
+        self
+    }
+    /// Sets [`FallbackConfig::stats_interval`].
+    pub fn stats_interval(mut self, d: Duration) -> Self {
+        self.stats_interval = d;
         self
     }
 }
@@ -134,6 +150,11 @@ impl RetryPolicy {
         self.jitter = on;
         self
     }
+    /// Sets [`RetryPolicy::factor`].
+    pub fn factor(mut self, f: f32) -> Self {
+        self.factor = f;
+        self
+    }
 
     /// The delay before retry number `attempt` (1 = first retry), from `backon`'s
     /// exponential backoff.
@@ -159,6 +180,39 @@ impl RetryPolicy {
                 Duration::from_secs_f64(exp.min(self.max_backoff.as_secs_f64()))
             })
             .sum()
+    }
+
+    /// The longest a message can wait in backoff over all its retries before it is
+    /// dead-lettered: the sum of the longest [`delay_for`](Self::delay_for) can return for each
+    /// retry. Jitter adds up to 100 % to each delay, so this is up to twice
+    /// [`retry_horizon`](Self::retry_horizon). The time the attempts themselves take is not
+    /// included. With the defaults it is 204.4 s.
+    pub fn worst_case_retry_span(&self) -> Duration {
+        let retries = self.max_attempts.saturating_sub(1);
+        let mut bases = backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_factor(self.factor)
+            .with_max_times(retries as usize)
+            .build();
+        let (mut total, mut previous) = (Duration::ZERO, None);
+        for done in 0..retries {
+            let Some(base) = bases.next() else { break };
+            if previous == Some(base) {
+                // Each base delay depends only on the one before: from here on they repeat.
+                return total.saturating_add(self.longest_delay(base).saturating_mul(retries - done));
+            }
+            total = total.saturating_add(self.longest_delay(base));
+            previous = Some(base);
+        }
+        total
+    }
+
+    /// The longest [`delay_for`](Self::delay_for) can make of backon's un-jittered `base`:
+    /// backon adds `base` times a random factor below 1, computed the same way here with 1.
+    fn longest_delay(&self, base: Duration) -> Duration {
+        let jittered = if self.jitter { base.saturating_add(base.mul_f32(1.0)) } else { base };
+        Duration::from_millis(jittered.min(self.max_backoff.saturating_mul(2)).as_millis() as u64)
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -245,7 +299,56 @@ impl RelayConfig {
             if f.concurrency == 0 {
                 return Err(Error::config("fallback.concurrency", "must be at least 1"));
             }
+            if f.stats_interval.is_zero() {
+                return Err(Error::config("fallback.stats_interval", "must be above 0"));
+            }
         }
         self.retry.validate()
+    }
+}
+
+#[cfg(test)]
+mod retry_span_tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_case_retry_span_bounds_every_jittered_draw() {
+        let policies = [
+            RetryPolicy::default(),
+            RetryPolicy::default().max_attempts(3).backoff(Duration::from_millis(10), Duration::from_millis(50)),
+            RetryPolicy::default().factor(1.5).backoff(Duration::from_millis(333), Duration::from_secs(7)),
+            RetryPolicy::default().factor(1.0).max_attempts(5),
+            RetryPolicy::default().max_attempts(1),
+        ];
+        for policy in policies {
+            let span = policy.worst_case_retry_span();
+            for _ in 0..2_000 {
+                let drawn: Duration = (1..policy.max_attempts).map(|a| policy.delay_for(a)).sum();
+                assert!(drawn <= span, "{policy:?}: drew {drawn:?} > {span:?}");
+            }
+            let steady = policy.clone().jitter(false);
+            let exact: Duration = (1..steady.max_attempts).map(|a| steady.delay_for(a)).sum();
+            assert_eq!(steady.worst_case_retry_span(), exact, "{policy:?} without jitter");
+        }
+    }
+
+    #[test]
+    fn the_default_worst_case_is_twice_the_horizon() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.worst_case_retry_span(), Duration::from_millis(204_400));
+        assert_eq!(policy.worst_case_retry_span(), policy.retry_horizon() * 2);
+    }
+
+    #[test]
+    fn a_huge_attempt_count_is_summed_without_iterating_every_retry() {
+        let policy = RetryPolicy::default().max_attempts(u32::MAX);
+        assert!(policy.worst_case_retry_span() > Duration::from_secs(120) * 1_000_000);
+    }
+
+    #[test]
+    fn factor_sets_the_growth() {
+        let policy = RetryPolicy::default().factor(3.0).jitter(false);
+        assert_eq!(policy.factor, 3.0);
+        assert_eq!(policy.delay_for(2), Duration::from_millis(600));
     }
 }

@@ -29,8 +29,14 @@ pub enum Error {
         reason: String,
     },
     /// A payload could not be encoded.
-    #[error("could not encode payload: {0}")]
-    Encode(String),
+    #[error("could not encode payload: {message}")]
+    Encode {
+        /// What failed.
+        message: String,
+        /// The codec's error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The outbox table (or stream) does not exist.
     #[error("{backend}: the outbox table `{table}` does not exist; run the outbox migration first")]
     MissingSchema {
@@ -55,6 +61,14 @@ pub enum Error {
     /// A message id that the store does not hold.
     #[error("no message with id {0}")]
     NotFound(MessageId),
+    /// A relay engine stopped on its own (it panicked): that path no longer publishes.
+    #[error("the relay's {engine} engine stopped: {reason}")]
+    EngineStopped {
+        /// `listener` or `fallback`.
+        engine: &'static str,
+        /// Why, e.g. the panic message.
+        reason: String,
+    },
     /// Graceful shutdown did not finish before its deadline.
     #[error("shutdown did not finish within {0:?}; in-flight claims will expire and be retried")]
     ShutdownTimeout(std::time::Duration),
@@ -71,9 +85,9 @@ impl Error {
         Self::InvalidMessage { id, reason: reason.into() }
     }
 
-    /// An encoding failure.
-    pub fn encode(reason: impl Into<String>) -> Self {
-        Self::Encode(reason.into())
+    /// An encoding failure, keeping the codec's error as its source.
+    pub fn encode(message: impl Into<String>, source: impl Into<Option<BoxError>>) -> Self {
+        Self::Encode { message: message.into(), source: source.into() }
     }
 
     /// A temporary backend failure (connection lost, timeout): retrying may succeed.

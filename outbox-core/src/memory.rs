@@ -165,6 +165,18 @@ impl OutboxStore for MemoryStore {
         Ok(self.claim_where(ids.len(), lease, |row, _| wanted.contains(&row.msg.id)))
     }
 
+    async fn retryable_among(&self, ids: &[MessageId]) -> Result<Vec<MessageId>> {
+        let now = now_millis();
+        let st = self.lock();
+        let retryable = |id: &&MessageId| {
+            st.by_id
+                .get(*id)
+                .and_then(|seq| st.rows.get(seq))
+                .is_some_and(|r| r.status == Status::Pending && r.claim_free(now))
+        };
+        Ok(ids.iter().filter(retryable).copied().collect())
+    }
+
     async fn claim_due(&self, limit: usize, min_age: Duration, lease: &Lease) -> Result<Vec<OutboxMessage>> {
         let min_age = duration_millis(min_age);
         Ok(self.claim_where(limit, lease, |row, now| {

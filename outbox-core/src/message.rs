@@ -23,6 +23,10 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 /// Header that names the payload encoding, e.g. `application/json`.
 pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
 
+/// Header names a bus sets itself: a user header of the same name (in any case) would
+/// overwrite the real id, key or dedup id, so enqueue rejects it.
+pub const RESERVED_HEADERS: &[&str] = &[HEADER_MESSAGE_ID, HEADER_KEY, HEADER_TOPIC, "Nats-Msg-Id"];
+
 /// Longest topic, in bytes, that every store accepts.
 pub const MAX_TOPIC_LEN: usize = 255;
 /// Longest key, in bytes, that every store accepts.
@@ -185,8 +189,17 @@ impl NewMessage {
         self
     }
 
-    /// Checks the limits every store shares: a non-empty topic and topic/key lengths.
+    /// Checks the limits every store shares: a non-empty topic, topic/key lengths, and no
+    /// header named like one the bus sets ([`RESERVED_HEADERS`]).
     pub fn validate(&self) -> Result<()> {
+        if let Some(name) =
+            self.headers.keys().find(|name| RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name)))
+        {
+            return Err(Error::invalid_message(
+                self.id,
+                format!("header `{name}` is reserved: the bus sets it (use the message id, key and topic instead)"),
+            ));
+        }
         if self.topic.is_empty() {
             return Err(Error::invalid_message(self.id, "topic is empty"));
         }
@@ -270,7 +283,7 @@ impl Codec for JsonCodec {
         "application/json"
     }
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
-        serde_json::to_vec(value).map_err(|e| Error::encode(e.to_string()))
+        serde_json::to_vec(value).map_err(|e| Error::encode(format!("JSON: {e}"), Some(e.into())))
     }
 }
 

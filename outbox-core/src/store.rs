@@ -128,6 +128,16 @@ pub trait OutboxStore: Send + Sync + Debug + 'static {
     /// Claims those of `ids` that are claimable now (listener path).
     async fn claim_ids(&self, ids: &[MessageId], lease: &Lease) -> Result<Vec<OutboxMessage>>;
 
+    /// Of `ids`, those a claim by id could still take, now or once their key's head is done:
+    /// pending, and not under another live claim. The listener asks it about ids it could not
+    /// claim, to forget those another relay published or holds (that relay settles them; a
+    /// failure goes to backoff and the fallback) instead of retrying them. A store may keep
+    /// claimed ids it cannot tell apart; the default keeps all, which is always safe: the
+    /// listener then retries them a bounded number of times.
+    async fn retryable_among(&self, ids: &[MessageId]) -> Result<Vec<MessageId>> {
+        Ok(ids.to_vec())
+    }
+
     /// Claims up to `limit` claimable messages, oldest first (fallback path). A message never
     /// attempted must be at least `min_age` old; retries and expired claims need only be due.
     async fn claim_due(&self, limit: usize, min_age: Duration, lease: &Lease) -> Result<Vec<OutboxMessage>>;

@@ -1,11 +1,14 @@
 //! Engine behaviour with the in-memory store and bus. Every wait has a deadline.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::CountingStore;
 use outbox_core::testkit::eventually;
 use outbox_core::{
     Bus, ChannelNotifier, Error, FallbackConfig, ListenerConfig, MemoryBus, MemoryStore, MessageId, NewMessage,
@@ -177,63 +180,9 @@ impl Bus for GateBus {
     }
 }
 
-/// Counts claim calls, to prove nothing is claimed after shutdown.
-#[derive(Debug)]
-struct CountingStore {
-    inner: MemoryStore,
-    claims: AtomicUsize,
-}
-
-#[async_trait]
-impl OutboxStore for CountingStore {
-    async fn enqueue(&self, m: Vec<NewMessage>) -> outbox_core::Result<Vec<MessageId>> {
-        self.inner.enqueue(m).await
-    }
-    async fn claim_ids(&self, ids: &[MessageId], l: &outbox_core::Lease) -> outbox_core::Result<Vec<OutboxMessage>> {
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim_ids(ids, l).await
-    }
-    async fn claim_due(
-        &self,
-        n: usize,
-        age: Duration,
-        l: &outbox_core::Lease,
-    ) -> outbox_core::Result<Vec<OutboxMessage>> {
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim_due(n, age, l).await
-    }
-    async fn complete(&self, ids: &[MessageId], l: &outbox_core::Lease) -> outbox_core::Result<u64> {
-        self.inner.complete(ids, l).await
-    }
-    async fn fail(&self, f: &[outbox_core::Failure], l: &outbox_core::Lease) -> outbox_core::Result<()> {
-        self.inner.fail(f, l).await
-    }
-    async fn stats(&self) -> outbox_core::Result<outbox_core::OutboxStats> {
-        self.inner.stats().await
-    }
-    async fn key_backlog(&self, n: usize) -> outbox_core::Result<Vec<(String, u64)>> {
-        self.inner.key_backlog(n).await
-    }
-    async fn dead_letters(
-        &self,
-        q: &outbox_core::DeadLetterQuery,
-    ) -> outbox_core::Result<Vec<outbox_core::DeadLetter>> {
-        self.inner.dead_letters(q).await
-    }
-    async fn replay(&self, s: &outbox_core::ReplaySelector) -> outbox_core::Result<u64> {
-        self.inner.replay(s).await
-    }
-    async fn purge_dead(&self, d: Duration) -> outbox_core::Result<u64> {
-        self.inner.purge_dead(d).await
-    }
-    async fn purge_published(&self, d: Duration, n: usize) -> outbox_core::Result<u64> {
-        self.inner.purge_published(d, n).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_in_flight_batch_finish_and_then_claims_nothing() {
-    let store = Arc::new(CountingStore { inner: MemoryStore::new(), claims: AtomicUsize::new(0) });
+    let store = Arc::new(CountingStore::default());
     let bus = Arc::new(GateBus::default());
     let notifier = Arc::new(ChannelNotifier::new(16));
     let interval = Duration::from_millis(20);

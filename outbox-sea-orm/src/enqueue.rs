@@ -287,7 +287,8 @@ fn validate_batch(messages: &[NewMessage]) -> Result<()> {
 }
 
 fn headers_json(m: &NewMessage) -> Result<String> {
-    serde_json::to_string(&m.headers).map_err(|e| Error::encode(format!("headers of message {}: {e}", m.id)))
+    serde_json::to_string(&m.headers)
+        .map_err(|e| Error::encode(format!("headers of message {}: {e}", m.id), Some(e.into())))
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! One claimed batch: publish it, then complete, retry or dead-letter each message.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::bus::{Bus, PublishOutcome};
@@ -112,15 +114,7 @@ impl Pipeline {
     async fn process_inner(&self, engine: Engine, batch: Vec<OutboxMessage>, lease: &Lease) {
         let started = Instant::now();
         let label = engine.as_str();
-        let mut outcomes = self.bus.publish(&batch).await;
-        if outcomes.len() != batch.len() {
-            tracing::error!(
-                expected = batch.len(),
-                got = outcomes.len(),
-                "bus returned the wrong number of outcomes; retrying the whole batch"
-            );
-            outcomes = vec![PublishOutcome::Retryable("bus returned no outcome".into()); batch.len()];
-        }
+        let outcomes = self.publish(&batch).await;
 
         let mut delivered: Vec<MessageId> = Vec::with_capacity(batch.len());
         let mut failures: Vec<Failure> = Vec::new();
@@ -134,16 +128,14 @@ impl Pipeline {
                     delivered.push(msg.id);
                 }
                 PublishOutcome::Retryable(error) => {
-                    let attempt = msg.attempts + 1;
-                    let disposition = if attempt >= self.retry.max_attempts {
-                        dead += 1;
-                        Disposition::DeadLetter
-                    } else {
-                        retried += 1;
-                        Disposition::RetryAfter(self.retry.delay_for(attempt))
-                    };
-                    tracing::debug!(id = %msg.id, attempt, %error, "publish failed");
-                    failures.push(Failure { id: msg.id, error, disposition });
+                    let failure = self.retry_or_dead(msg, error, Duration::ZERO);
+                    count(&failure, &mut retried, &mut dead);
+                    failures.push(failure);
+                }
+                PublishOutcome::RetryAfter { delay, error } => {
+                    let failure = self.retry_or_dead(msg, error, delay);
+                    count(&failure, &mut retried, &mut dead);
+                    failures.push(failure);
                 }
                 PublishOutcome::Permanent(error) => {
                     dead += 1;
@@ -191,6 +183,100 @@ impl Pipeline {
         span.record("dead", dead);
         span.record("duration_ms", elapsed.as_millis() as u64);
     }
+}
+
+impl Pipeline {
+    /// How long one publish may take: half the claim ttl, so that its failure is recorded
+    /// while the claim still holds (a later `fail` finds the claim gone and counts nothing,
+    /// and the message would loop for ever) and the other half is left for settling.
+    pub(crate) fn publish_deadline(&self) -> Duration {
+        self.claim_ttl / 2
+    }
+
+    /// The bus's outcomes, one per message, whatever the bus does: a publish past the
+    /// deadline is a retryable failure of the whole batch; a panicking bus is asked again
+    /// message by message, so only the message it panics on fails (permanently: a panic is
+    /// a bug, not weather).
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
+        let deadline = tokio::time::Instant::now() + self.publish_deadline();
+        match self.publish_guarded(batch, deadline).await {
+            Guarded::Done(outcomes) => outcomes,
+            Guarded::Panicked(reason) if batch.len() == 1 => vec![panicked(&reason)],
+            Guarded::Panicked(reason) => {
+                tracing::error!(size = batch.len(), %reason, "the bus panicked; publishing this batch one by one");
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for msg in batch {
+                    outcomes.push(match self.publish_guarded(std::slice::from_ref(msg), deadline).await {
+                        Guarded::Done(mut one) => one.remove(0),
+                        Guarded::Panicked(reason) => panicked(&reason),
+                    });
+                }
+                outcomes
+            }
+        }
+    }
+
+    async fn publish_guarded(&self, batch: &[OutboxMessage], deadline: tokio::time::Instant) -> Guarded {
+        let publish = AssertUnwindSafe(self.bus.publish(batch)).catch_unwind();
+        let outcomes = match tokio::time::timeout_at(deadline, publish).await {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(panic)) => return Guarded::Panicked(panic_reason(panic.as_ref())),
+            Err(_) => {
+                let error = format!(
+                    "publish did not finish within {:?} (half the claim ttl); the claim would expire before its failure could be recorded",
+                    self.publish_deadline()
+                );
+                tracing::warn!(size = batch.len(), %error, "publish timed out");
+                return Guarded::Done(vec![PublishOutcome::Retryable(error); batch.len()]);
+            }
+        };
+        if outcomes.len() != batch.len() {
+            tracing::error!(
+                expected = batch.len(),
+                got = outcomes.len(),
+                "bus returned the wrong number of outcomes; retrying the whole batch"
+            );
+            return Guarded::Done(vec![PublishOutcome::Retryable("bus returned no outcome".into()); batch.len()]);
+        }
+        Guarded::Done(outcomes)
+    }
+
+    /// A failed attempt: retried after the policy's delay (at least `at_least`), or dead once
+    /// `max_attempts` is reached.
+    fn retry_or_dead(&self, msg: &OutboxMessage, error: String, at_least: Duration) -> Failure {
+        let attempt = msg.attempts + 1;
+        let disposition = if attempt >= self.retry.max_attempts {
+            Disposition::DeadLetter
+        } else {
+            Disposition::RetryAfter(self.retry.delay_for(attempt).max(at_least))
+        };
+        tracing::debug!(id = %msg.id, attempt, %error, "publish failed");
+        Failure { id: msg.id, error, disposition }
+    }
+}
+
+enum Guarded {
+    Done(Vec<PublishOutcome>),
+    Panicked(String),
+}
+
+fn count(failure: &Failure, retried: &mut u64, dead: &mut u64) {
+    match failure.disposition {
+        Disposition::DeadLetter => *dead += 1,
+        Disposition::RetryAfter(_) => *retried += 1,
+    }
+}
+
+fn panicked(reason: &str) -> PublishOutcome {
+    PublishOutcome::Permanent(format!("the bus panicked while publishing this message: {reason}"))
+}
+
+pub(crate) fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Retries a settling store call a few times on temporary errors: a brief database blip

@@ -17,10 +17,14 @@ pub(crate) async fn run(
     sweep_now: Arc<Notify>,
     cancel: CancellationToken,
 ) {
+    let mut gauges_due = tokio::time::Instant::now();
     // The first sweep runs at once: it picks up whatever a previous run left behind.
     loop {
         sweep(&pipeline, &config, &cancel).await;
-        report_gauges(&pipeline).await;
+        if tokio::time::Instant::now() >= gauges_due {
+            report_gauges(&pipeline).await;
+            gauges_due = tokio::time::Instant::now() + config.stats_interval;
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(jittered(config.interval)) => {}

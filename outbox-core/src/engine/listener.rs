@@ -2,20 +2,35 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{Engine, Pipeline};
 use crate::config::ListenerConfig;
 use crate::message::MessageId;
-use crate::notify::{Notice, NoticeStream, Notifier};
+use crate::metrics as m;
+use crate::notify::{Notice, Notifier};
 
 enum Job {
-    Ids(Vec<MessageId>),
+    Ids(Vec<Waiting>),
     Due,
+}
+
+/// An id the listener has not claimed yet, with how long and how often it has waited.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    id: MessageId,
+    since: Instant,
+    tries: u8,
+}
+
+impl Waiting {
+    fn new(id: MessageId, now: Instant) -> Self {
+        Self { id, since: now, tries: 0 }
+    }
 }
 
 /// What a batch task reports back to the listener.
@@ -23,34 +38,67 @@ enum Job {
 struct TaskOutcome {
     /// It published something (which may unblock same-key successors elsewhere).
     progress: bool,
-    /// Ids it could not claim (their key's head was in flight, or another relay has them).
-    leftover: Vec<MessageId>,
+    /// Ids it could not claim that may become claimable (their key's head is in flight).
+    leftover: Vec<Waiting>,
 }
 
 /// Retries in a row with no batch in flight and no progress before deferred ids are left to
 /// the fallback (their key's head is dead, or another relay holds them).
 const MAX_IDLE_RETRIES: u8 = 8;
 
+/// Claims of one id after its first before the listener leaves it to the fallback.
+const MAX_TRIES: u8 = 4;
+
 /// Ids that could not be claimed yet, retried whenever another batch makes progress: a message
 /// whose same-key predecessor is in flight in another batch goes out right after it instead of
-/// waiting for the fallback.
-#[derive(Debug, Default)]
+/// waiting for the fallback. Bounded in size, tries and age, so ids parked behind a dead head or
+/// held by another relay cannot pile up; a forgotten id is still swept by the fallback.
+#[derive(Debug)]
 struct Deferred {
-    waiting: Vec<MessageId>,
-    ready: Vec<MessageId>,
+    waiting: Vec<Waiting>,
+    ready: Vec<Waiting>,
     idle_retries: u8,
+    capacity: usize,
+    max_age: Duration,
 }
 
 impl Deferred {
+    fn new(config: &ListenerConfig, max_age: Duration) -> Self {
+        Self {
+            waiting: Vec::new(),
+            ready: Vec::new(),
+            idle_retries: 0,
+            capacity: config.max_batch.saturating_mul(config.concurrency).saturating_mul(4),
+            max_age,
+        }
+    }
+
     fn task_done(&mut self, done: Option<Result<TaskOutcome, tokio::task::JoinError>>, nothing_in_flight: bool) {
-        let Some(Ok(outcome)) = done else { return };
-        self.waiting.extend(outcome.leftover);
+        let outcome = match done {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "outbox listener batch task failed; its messages are left to the fallback");
+                return;
+            }
+            None => return,
+        };
+        let before = self.waiting.len() + outcome.leftover.len();
+        let max_age = self.max_age;
+        self.waiting
+            .extend(outcome.leftover.into_iter().filter(|w| w.tries <= MAX_TRIES && w.since.elapsed() < max_age));
+        let over = (self.waiting.len() + self.ready.len()).saturating_sub(self.capacity).min(self.waiting.len());
+        self.waiting.drain(..over);
+        let forgotten = before - self.waiting.len();
+        if forgotten > 0 {
+            metrics::counter!(m::DEFERRED_DROPPED).increment(forgotten as u64);
+        }
         if outcome.progress {
             self.idle_retries = 0;
             self.ready.append(&mut self.waiting);
         } else if nothing_in_flight && !self.waiting.is_empty() {
             self.idle_retries += 1;
             if self.idle_retries > MAX_IDLE_RETRIES {
+                metrics::counter!(m::DEFERRED_DROPPED).increment(self.waiting.len() as u64);
                 self.waiting.clear();
                 self.idle_retries = 0;
             } else {
@@ -59,7 +107,7 @@ impl Deferred {
         }
     }
 
-    fn take_ready(&mut self) -> Option<Vec<MessageId>> {
+    fn take_ready(&mut self) -> Option<Vec<Waiting>> {
         (!self.ready.is_empty()).then(|| std::mem::take(&mut self.ready))
     }
 }
@@ -83,6 +131,11 @@ impl Pending {
     }
 }
 
+/// A subscription that lasted at least this long was healthy: the next one starts without delay.
+const STABLE_SUBSCRIPTION: Duration = Duration::from_secs(5);
+const MIN_RESUBSCRIBE_DELAY: Duration = Duration::from_millis(100);
+const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(10);
+
 pub(crate) async fn run(
     pipeline: Arc<Pipeline>,
     notifier: Arc<dyn Notifier>,
@@ -90,27 +143,37 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let mut tasks: JoinSet<TaskOutcome> = JoinSet::new();
-    let mut deferred = Deferred::default();
-    let mut reconnect_delay = Duration::from_millis(100);
+    let mut deferred = Deferred::new(&config, pipeline.claim_ttl);
+    let mut resubscribe_delay = Duration::ZERO;
     // Each (re)subscription starts with a catch-up: notices sent while unsubscribed are lost.
     let mut catch_up = true;
+    let mut subscribed_at: Option<Instant> = None;
     'subscribe: while !cancel.is_cancelled() {
-        let mut notices: NoticeStream = tokio::select! {
+        if subscribed_at.take().is_some_and(|at| at.elapsed() >= STABLE_SUBSCRIPTION) {
+            resubscribe_delay = Duration::ZERO;
+        }
+        if !resubscribe_delay.is_zero() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(resubscribe_delay) => {}
+            }
+        }
+        // Until a subscription proves stable, each new one waits twice as long: a notifier
+        // whose stream fails or ends at once must not spin the listener.
+        resubscribe_delay = (resubscribe_delay * 2).clamp(MIN_RESUBSCRIBE_DELAY, MAX_RESUBSCRIBE_DELAY);
+        let subscribed = tokio::select! {
             _ = cancel.cancelled() => break,
-            sub = notifier.subscribe() => match sub {
-                Ok(s) => s,
-                Err(e) => {
-                    pipeline.stats.error("subscribe", &e);
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(reconnect_delay) => {}
-                    }
-                    reconnect_delay = (reconnect_delay * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            },
+            sub = notifier.subscribe() => sub,
         };
-        reconnect_delay = Duration::from_millis(100);
+        // Fused: a stream that ended must never be polled again (an `unfold` would panic).
+        let mut notices = match subscribed {
+            Ok(s) => s.fuse(),
+            Err(e) => {
+                pipeline.stats.error("subscribe", &e);
+                continue;
+            }
+        };
+        subscribed_at = Some(Instant::now());
         loop {
             let mut pending = Pending { wake: std::mem::take(&mut catch_up), ..Pending::default() };
             let retry = deferred.take_ready();
@@ -122,14 +185,9 @@ pub(crate) async fn run(
                         deferred.task_done(done, idle);
                         continue;
                     }
-                    next = notices.next() => match next {
-                        Some(Ok(n)) => pending.add(n),
-                        Some(Err(e)) => {
-                            pipeline.stats.error("notifier", &e);
-                            catch_up = true;
-                            continue 'subscribe;
-                        }
-                        None => {
+                    next = notices.next() => match read(&pipeline, next) {
+                        Read::Notice(n) => pending.add(n),
+                        Read::Lost => {
                             catch_up = true;
                             continue 'subscribe;
                         }
@@ -137,29 +195,31 @@ pub(crate) async fn run(
                 }
             }
             // Linger: let a burst of commits share one claim and one publish.
-            if !config.linger.is_zero() && pending.ids.len() < config.max_batch {
-                let deadline = tokio::time::Instant::now() + config.linger;
-                while pending.ids.len() < config.max_batch {
-                    match tokio::time::timeout_at(deadline, notices.next()).await {
-                        Ok(Some(Ok(n))) => pending.add(n),
-                        Ok(Some(Err(_)) | None) => {
-                            catch_up = true;
-                            break;
-                        }
+            let deadline = (!config.linger.is_zero()).then(|| tokio::time::Instant::now() + config.linger);
+            while pending.ids.len() < config.max_batch {
+                let next = match deadline {
+                    Some(at) => match tokio::time::timeout_at(at, notices.next()).await {
+                        Ok(next) => next,
                         Err(_) => break,
-                    }
-                }
-            } else {
-                // Take what is already queued without waiting.
-                while pending.ids.len() < config.max_batch {
-                    match notices.next().now_or_never_ok() {
-                        Some(n) => pending.add(n),
+                    },
+                    // Take what is already queued without waiting.
+                    None => match notices.next().now_or_never() {
+                        Some(next) => next,
                         None => break,
+                    },
+                };
+                match read(&pipeline, next) {
+                    Read::Notice(n) => pending.add(n),
+                    Read::Lost => {
+                        catch_up = true;
+                        break;
                     }
                 }
             }
             let Pending { ids, wake } = pending;
-            let mut jobs: Vec<Job> = ids.chunks(config.max_batch).map(|c| Job::Ids(c.to_vec())).collect();
+            let now = Instant::now();
+            let fresh: Vec<Waiting> = ids.into_iter().map(|id| Waiting::new(id, now)).collect();
+            let mut jobs: Vec<Job> = fresh.chunks(config.max_batch).map(|c| Job::Ids(c.to_vec())).collect();
             if let Some(ids) = retry {
                 jobs.extend(ids.chunks(config.max_batch).map(|c| Job::Ids(c.to_vec())));
             }
@@ -195,13 +255,32 @@ pub(crate) async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
+enum Read {
+    Notice(Notice),
+    /// The stream failed or ended: notices may have been missed.
+    Lost,
+}
+
+fn read(pipeline: &Pipeline, next: Option<crate::Result<Notice>>) -> Read {
+    match next {
+        Some(Ok(n)) => Read::Notice(n),
+        Some(Err(e)) => {
+            pipeline.stats.error("notifier", &e);
+            Read::Lost
+        }
+        None => Read::Lost,
+    }
+}
+
 /// Claims the notified ids; keeps going while it makes progress, because completing a
-/// message can make its same-key successor (often in the same notice) claimable.
-async fn claim_ids_until_done(pipeline: &Pipeline, mut ids: Vec<MessageId>, cancel: &CancellationToken) -> TaskOutcome {
+/// message can make its same-key successor (often in the same notice) claimable. Ids it
+/// cannot claim go back to the listener only while they are still pending.
+async fn claim_ids_until_done(pipeline: &Pipeline, mut ids: Vec<Waiting>, cancel: &CancellationToken) -> TaskOutcome {
     let mut outcome = TaskOutcome::default();
     while !ids.is_empty() && !cancel.is_cancelled() {
         let lease = pipeline.lease();
-        let claimed = match pipeline.store.claim_ids(&ids, &lease).await {
+        let wanted: Vec<MessageId> = ids.iter().map(|w| w.id).collect();
+        let claimed = match pipeline.store.claim_ids(&wanted, &lease).await {
             Ok(c) => c,
             Err(e) => {
                 // The fallback will sweep them; the listener only shortens latency.
@@ -210,15 +289,31 @@ async fn claim_ids_until_done(pipeline: &Pipeline, mut ids: Vec<MessageId>, canc
             }
         };
         if claimed.is_empty() {
-            outcome.leftover = ids;
+            outcome.leftover = still_retryable(pipeline, ids, &wanted).await;
             return outcome;
         }
         let done: HashSet<MessageId> = claimed.iter().map(|m| m.id).collect();
         pipeline.process(Engine::Listener, claimed, &lease).await;
         outcome.progress = true;
-        ids.retain(|id| !done.contains(id));
+        ids.retain(|w| !done.contains(&w.id));
     }
     outcome
+}
+
+/// Those of `ids` still worth a claim by id, one try older: ids another relay published or
+/// holds (every relay hears every id from a fan-out notifier) are forgotten at once.
+async fn still_retryable(pipeline: &Pipeline, ids: Vec<Waiting>, wanted: &[MessageId]) -> Vec<Waiting> {
+    let retryable: HashSet<MessageId> = match pipeline.store.retryable_among(wanted).await {
+        Ok(p) => p.into_iter().collect(),
+        Err(e) => {
+            pipeline.stats.error("retryable_among", &e);
+            return Vec::new();
+        }
+    };
+    ids.into_iter()
+        .filter(|w| retryable.contains(&w.id))
+        .map(|w| Waiting { tries: w.tries.saturating_add(1), ..w })
+        .collect()
 }
 
 /// Claims whatever is due (no minimum age) until nothing is left: the response to a
@@ -240,15 +335,4 @@ async fn drain_due(pipeline: &Pipeline, max_batch: usize, cancel: &CancellationT
         }
     }
     outcome
-}
-
-/// Polls a stream once without waiting; `None` if nothing is ready or it errored.
-trait NowOrNever {
-    fn now_or_never_ok(self) -> Option<Notice>;
-}
-
-impl<F: std::future::Future<Output = Option<crate::Result<Notice>>>> NowOrNever for F {
-    fn now_or_never_ok(self) -> Option<Notice> {
-        futures::FutureExt::now_or_never(self).flatten().and_then(Result::ok)
-    }
 }

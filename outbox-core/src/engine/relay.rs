@@ -1,8 +1,11 @@
 //! Wiring: build a relay from a store, a bus and a notifier; spawn it; shut it down.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +61,10 @@ impl Relay {
     }
 
     /// Starts the engines on the current tokio runtime.
+    ///
+    /// Keep the handle: dropping it does not stop the engines (they run until the runtime
+    /// shuts down), but then nothing can shut them down gracefully or see their health.
+    #[must_use = "a relay is stopped gracefully and checked through its handle; call `shutdown` on it"]
     pub fn spawn(self) -> RelayHandle {
         let cancel = CancellationToken::new();
         let stats = Arc::new(RelayStats::default());
@@ -69,20 +76,56 @@ impl Relay {
             stats: stats.clone(),
         });
         let sweep_now = Arc::new(Notify::new());
+        let health = Arc::new(Health::default());
         let mut engines = JoinSet::new();
         if let Some(cfg) = self.config.listener.clone() {
-            engines.spawn(listener::run(pipeline.clone(), self.notifier, cfg, cancel.clone()));
+            let run = listener::run(pipeline.clone(), self.notifier, cfg, cancel.clone());
+            engines.spawn(supervise("listener", run, health.clone(), cancel.clone()));
         }
         if let Some(cfg) = self.config.fallback.clone() {
-            engines.spawn(fallback::run(pipeline, cfg, sweep_now.clone(), cancel.clone()));
+            let run = fallback::run(pipeline, cfg, sweep_now.clone(), cancel.clone());
+            engines.spawn(supervise("fallback", run, health.clone(), cancel.clone()));
         }
         tracing::info!(
             listener = self.config.listener.is_some(),
             fallback = self.config.fallback.is_some(),
             "outbox relay started"
         );
-        RelayHandle { cancel, engines, stats, sweep_now, shutdown_timeout: self.config.shutdown_timeout }
+        RelayHandle { cancel, engines, stats, health, sweep_now, shutdown_timeout: self.config.shutdown_timeout }
     }
+}
+
+/// Engines that stopped on their own, for [`RelayHandle::health`].
+#[derive(Debug, Default)]
+struct Health {
+    stopped: Mutex<Vec<(&'static str, String)>>,
+}
+
+impl Health {
+    fn first_stopped(&self) -> Result<()> {
+        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        match stopped.first() {
+            Some((engine, reason)) => Err(Error::EngineStopped { engine, reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs an engine, recording in `health` if it stops before shutdown (it panicked, or
+/// returned early), so the relay's handle can report it instead of going quiet.
+async fn supervise(
+    engine: &'static str,
+    run: impl Future<Output = ()>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) {
+    let reason = match AssertUnwindSafe(run).catch_unwind().await {
+        Err(panic) => format!("panicked: {}", super::batch::panic_reason(panic.as_ref())),
+        Ok(()) if !cancel.is_cancelled() => "returned before shutdown".to_owned(),
+        Ok(()) => return,
+    };
+    tracing::error!(engine, %reason, "outbox relay engine stopped");
+    health.stopped.lock().unwrap_or_else(|e| e.into_inner()).push((engine, reason));
 }
 
 /// Chained settings for a [`Relay`]; [`build`](RelayBuilder::build) validates them.
@@ -150,11 +193,17 @@ impl RelayBuilder {
 }
 
 /// A running relay.
+///
+/// Dropping it does not stop the engines: they keep running, unstoppable, until the runtime
+/// shuts down, and in-flight batches are then cut off (their claims expire and are swept).
+/// Call [`shutdown`](RelayHandle::shutdown) instead.
 #[derive(Debug)]
+#[must_use = "dropping a RelayHandle leaves the relay running with no way to stop it gracefully"]
 pub struct RelayHandle {
     cancel: CancellationToken,
     engines: JoinSet<()>,
     stats: Arc<RelayStats>,
+    health: Arc<Health>,
     sweep_now: Arc<Notify>,
     shutdown_timeout: Duration,
 }
@@ -163,6 +212,13 @@ impl RelayHandle {
     /// Running totals.
     pub fn stats(&self) -> &RelayStats {
         &self.stats
+    }
+
+    /// `Ok` while every engine that was started still runs; otherwise
+    /// [`Error::EngineStopped`] naming the first that stopped and why. Serve it from a
+    /// health endpoint: a relay whose listener died still sweeps, but slowly.
+    pub fn health(&self) -> Result<()> {
+        self.health.first_stopped()
     }
 
     /// Asks the fallback to sweep now instead of at its next tick.
@@ -177,7 +233,8 @@ impl RelayHandle {
 
     /// Stops claiming, lets in-flight batches finish within the shutdown timeout, then
     /// returns. Nothing is claimed after it returns. If the deadline passes, remaining work
-    /// is aborted (its claims expire and are swept later) and `ShutdownTimeout` is returned.
+    /// is aborted (its claims expire and are swept later) and `ShutdownTimeout` is returned;
+    /// if an engine had stopped on its own, `EngineStopped` is.
     pub async fn shutdown(mut self) -> Result<()> {
         self.cancel.cancel();
         let drained =
@@ -187,6 +244,7 @@ impl RelayHandle {
             self.engines.shutdown().await;
             return Err(Error::ShutdownTimeout(self.shutdown_timeout));
         }
+        self.health.first_stopped()?;
         tracing::info!("outbox relay stopped");
         Ok(())
     }

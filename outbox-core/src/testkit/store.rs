@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::eventually;
 use crate::message::{MessageId, NewMessage, now_millis};
 use crate::store::{DeadLetterQuery, Disposition, Failure, Lease, OutboxStore, ReplaySelector};
-use crate::{FallbackConfig, MemoryBus, Relay};
+use crate::{Bus, FallbackConfig, MemoryBus, OutboxMessage, PublishOutcome, Relay, RetryPolicy};
 
 const WAIT: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(30);
@@ -32,7 +32,11 @@ macro_rules! store_conformance {
             purge_dead_letters,
             delete_retention_removes_published,
             counts_and_oldest_pending_age,
-            racing_relays_publish_each_message_once_in_key_order
+            racing_relays_publish_each_message_once_in_key_order,
+            reserved_header_names_are_rejected,
+            retryable_among_drops_finished_and_claimed_ids,
+            a_publish_outlasting_the_claim_ttl_is_a_failed_attempt,
+            a_panicking_bus_dead_letters_only_the_message_it_panics_on
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn keep_published_retention_keeps_rows_until_purged() {
@@ -428,4 +432,113 @@ pub async fn racing_relays_publish_each_message_once_in_key_order(store: Arc<dyn
         seen.entry(m.key.clone().unwrap()).or_default().push(m.id);
     }
     assert_eq!(seen, expected, "per-key order");
+}
+
+/// A user header named like one the bus sets is refused at enqueue, in any case.
+pub async fn reserved_header_names_are_rejected(store: Arc<dyn OutboxStore>) {
+    for name in ["Outbox-Message-Id", "outbox-key", "OUTBOX-TOPIC", "Nats-Msg-Id"] {
+        let err = store.enqueue(vec![msg("conf.reserved", None, "x").header(name, "forged")]).await.unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{name}: {err}");
+    }
+    assert_eq!(store.stats().await.unwrap().pending, 0, "nothing was written");
+    store.enqueue(vec![msg("conf.reserved", None, "x").header("Outbox-Tenant", "t1")]).await.unwrap();
+}
+
+/// `retryable_among` keeps unclaimed pending ids and drops published, dead and unknown ones
+/// (an id under another live claim may go either way: dropping it is an optimisation).
+pub async fn retryable_among_drops_finished_and_claimed_ids(store: Arc<dyn OutboxStore>) {
+    let ids = store.enqueue((0..4).map(|i| msg("conf.retryable_among", None, &i.to_string())).collect()).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(store.claim_ids(&ids[..3], &lease).await.unwrap().len(), 3);
+    store.complete(&ids[..1], &lease).await.unwrap();
+    let dead = Failure { id: ids[1], error: "x".into(), disposition: Disposition::DeadLetter };
+    store.fail(&[dead], &lease).await.unwrap();
+    let unknown = MessageId::new();
+    let mut asked = ids.clone();
+    asked.push(unknown);
+    let mut kept = store.retryable_among(&asked).await.unwrap();
+    kept.retain(|id| *id != ids[2]);
+    assert_eq!(kept, vec![ids[3]], "the unclaimed pending id only (and maybe the claimed one)");
+}
+
+/// Sleeps far past the claim ttl, then fails: without a publish deadline the failure would
+/// land after the claim expired, count nothing, and the message would loop for ever.
+#[derive(Debug)]
+struct StuckBus;
+
+#[async_trait::async_trait]
+impl Bus for StuckBus {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        vec![PublishOutcome::Retryable("late".into()); batch.len()]
+    }
+}
+
+/// A publish slower than the claim ttl is cut at half the ttl and counted as a failed
+/// attempt, so the message backs off and ends dead-lettered after `max_attempts`.
+pub async fn a_publish_outlasting_the_claim_ttl_is_a_failed_attempt(store: Arc<dyn OutboxStore>) {
+    let id = store.enqueue(vec![msg("conf.stuck", Some("k"), "slow")]).await.unwrap()[0];
+    let relay = Relay::builder(store.clone(), Arc::new(StuckBus))
+        .claim_ttl(Duration::from_millis(600))
+        .retry(RetryPolicy::default().max_attempts(3).backoff(Duration::from_millis(10), Duration::from_millis(50)))
+        .fallback(FallbackConfig::default().interval(Duration::from_millis(20)).min_age(Duration::ZERO))
+        .without_listener()
+        .build()
+        .unwrap()
+        .spawn();
+    let dead = eventually("the stuck message is dead-lettered", WAIT, || async {
+        let dead = store.dead_letters(&DeadLetterQuery::default()).await.unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(dead[0].message.id, id);
+    assert_eq!(dead[0].message.attempts, 3, "every timed-out publish counted once");
+    let error = dead[0].message.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("did not finish within"), "{error}");
+}
+
+/// Panics on the message whose payload is `boom`; publishes the others.
+#[derive(Debug, Default)]
+struct PanickyBus {
+    inner: MemoryBus,
+}
+
+#[async_trait::async_trait]
+impl Bus for PanickyBus {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
+        if batch.iter().any(|m| m.payload == b"boom") {
+            panic!("bus bug: cannot publish boom");
+        }
+        self.inner.publish(batch).await
+    }
+}
+
+/// A bus that panics on one message: that message is dead-lettered with an error naming the
+/// panic; the rest of its batch is published, and the relay keeps running.
+pub async fn a_panicking_bus_dead_letters_only_the_message_it_panics_on(store: Arc<dyn OutboxStore>) {
+    let mut batch: Vec<NewMessage> = (0..9).map(|i| msg("conf.panic", Some(&format!("k{i}")), "ok")).collect();
+    batch.insert(4, msg("conf.panic", Some("k-boom"), "boom"));
+    let boom = batch[4].id;
+    store.enqueue(batch).await.unwrap();
+    let bus = Arc::new(PanickyBus::default());
+    let relay = Relay::builder(store.clone(), bus.clone())
+        .fallback(FallbackConfig::default().interval(Duration::from_millis(20)).min_age(Duration::ZERO))
+        .without_listener()
+        .build()
+        .unwrap()
+        .spawn();
+    bus.inner.wait_for(9, WAIT).await.expect("the nine others are published");
+    let dead = eventually("the panicking message is dead-lettered", WAIT, || async {
+        let dead = store.dead_letters(&DeadLetterQuery::default()).await.unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(relay.health().ok(), Some(()), "a bus panic does not stop the engine");
+    relay.shutdown().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, boom);
+    let error = dead[0].message.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("panicked") && error.contains("cannot publish boom"), "{error}");
+    assert_eq!(store.stats().await.unwrap().pending, 0);
 }

@@ -1,0 +1,74 @@
+//! Test doubles shared by the engine tests.
+#![allow(unreachable_pub, dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::{
+    DeadLetter, DeadLetterQuery, Failure, Lease, MemoryStore, MessageId, NewMessage, OutboxMessage, OutboxStats,
+    OutboxStore, ReplaySelector, Result,
+};
+
+/// A [`MemoryStore`] that counts claims: calls, and how often each id was asked for.
+#[derive(Debug, Default)]
+pub struct CountingStore {
+    pub inner: MemoryStore,
+    pub claims: AtomicUsize,
+    pub asked: Mutex<HashMap<MessageId, usize>>,
+}
+
+#[async_trait]
+impl OutboxStore for CountingStore {
+    async fn enqueue(&self, m: Vec<NewMessage>) -> Result<Vec<MessageId>> {
+        self.inner.enqueue(m).await
+    }
+    async fn claim_ids(&self, ids: &[MessageId], l: &Lease) -> Result<Vec<OutboxMessage>> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut asked = self.asked.lock().unwrap();
+            for id in ids {
+                *asked.entry(*id).or_default() += 1;
+            }
+        }
+        self.inner.claim_ids(ids, l).await
+    }
+    async fn retryable_among(&self, ids: &[MessageId]) -> Result<Vec<MessageId>> {
+        self.inner.retryable_among(ids).await
+    }
+    async fn claim_due(&self, n: usize, age: Duration, l: &Lease) -> Result<Vec<OutboxMessage>> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim_due(n, age, l).await
+    }
+    async fn complete(&self, ids: &[MessageId], l: &Lease) -> Result<u64> {
+        self.inner.complete(ids, l).await
+    }
+    async fn fail(&self, f: &[Failure], l: &Lease) -> Result<()> {
+        self.inner.fail(f, l).await
+    }
+    async fn stats(&self) -> Result<OutboxStats> {
+        self.inner.stats().await
+    }
+    async fn key_backlog(&self, n: usize) -> Result<Vec<(String, u64)>> {
+        self.inner.key_backlog(n).await
+    }
+    async fn dead_letters(&self, q: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(q).await
+    }
+    async fn replay(&self, s: &ReplaySelector) -> Result<u64> {
+        self.inner.replay(s).await
+    }
+    async fn purge_dead(&self, d: Duration) -> Result<u64> {
+        self.inner.purge_dead(d).await
+    }
+    async fn purge_published(&self, d: Duration, n: usize) -> Result<u64> {
+        self.inner.purge_published(d, n).await
+    }
+}
+
+/// How often `store` was asked to claim each id so far.
+pub fn asked(store: &CountingStore) -> HashMap<MessageId, usize> {
+    store.asked.lock().unwrap().clone()
+}
