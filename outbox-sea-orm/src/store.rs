@@ -574,6 +574,26 @@ impl OutboxStore for SqlStore {
         Ok(claimed)
     }
 
+    /// Rows locked by a held claim carry no lease, so they count as retryable: the listener
+    /// then retries them a bounded number of times.
+    async fn retryable_among(&self, ids: &[MessageId]) -> Result<Vec<MessageId>> {
+        let now = now_millis();
+        let mut retryable = Vec::new();
+        for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+            let mut q = Query::new(self.dialect);
+            q.push("SELECT id FROM ")
+                .push(&self.table)
+                .push(" WHERE status = 0 AND (claimed_until IS NULL OR claimed_until <= ")
+                .bind(now)
+                .push(") AND ")
+                .uuid_in("id", chunk.iter().map(|id| id.0));
+            for row in self.fetch(&self.db, q).await? {
+                retryable.push(MessageId(row.try_get_by_index::<Uuid>(0).map_err(|e| self.db_err(e))?));
+            }
+        }
+        Ok(retryable)
+    }
+
     async fn claim_due(&self, limit: usize, min_age: Duration, lease: &Lease) -> Result<Vec<OutboxMessage>> {
         if limit == 0 {
             return Ok(Vec::new());
