@@ -1,7 +1,9 @@
 //! A webhook [`Bus`]: each message is an HTTP POST. Copy it as the start of your own bus.
 //!
-//! 2xx is published; 4xx is permanent (the endpoint will never accept it as is, so it is
-//! dead-lettered with the status); 5xx, timeouts and connection errors are retryable.
+//! 2xx is published; 408 (request timeout) and 429 (too many requests) are retried, no sooner
+//! than the `Retry-After` header says when it is given in seconds; other 4xx are permanent (the
+//! endpoint will never accept the message as is, so it is dead-lettered with the status); 5xx,
+//! timeouts and connection errors are retryable.
 //!
 //! ```no_run
 //! # async fn run() -> outbox::Result<()> {
@@ -40,6 +42,13 @@ impl WebhookBus {
         }
         match request.send().await {
             Ok(r) if r.status().is_success() => PublishOutcome::Published,
+            Ok(r) if is_throttled(r.status()) => {
+                let error = format!("{} answered HTTP {}", self.url, r.status());
+                match retry_after(r.headers()) {
+                    Some(delay) => PublishOutcome::RetryAfter { delay, error },
+                    None => PublishOutcome::Retryable(error),
+                }
+            }
             Ok(r) if r.status().is_client_error() => {
                 PublishOutcome::Permanent(format!("{} rejected the message: HTTP {}", self.url, r.status()))
             }
@@ -48,6 +57,18 @@ impl WebhookBus {
             Err(e) => PublishOutcome::Retryable(format!("POST {} failed: {e}", self.url)),
         }
     }
+}
+
+/// 408 and 429 say "not now", not "never".
+fn is_throttled(status: reqwest::StatusCode) -> bool {
+    matches!(status, reqwest::StatusCode::REQUEST_TIMEOUT | reqwest::StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// `Retry-After: <seconds>`. The HTTP-date form is rare for webhooks; without a date parser it
+/// falls back to the relay's own backoff.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 #[async_trait]
