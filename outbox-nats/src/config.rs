@@ -76,8 +76,13 @@ pub struct JetStreamConfig {
     pub window: usize,
     /// How long to wait for one ack before the message is retryable. Above 0.
     pub ack_timeout: Duration,
-    /// Whether a subject that no stream takes is a permanent failure (dead-lettered at once).
-    /// When `false` it is retryable, for setups that create their streams after the relay starts.
+    /// Whether every subject must have a stream. Default `true`. A message to a subject no
+    /// stream takes is `Retryable` either way (never dead-lettered for that at once, though
+    /// still once `max_attempts` runs out). With `true` a missing stream is an operator error:
+    /// it is logged at error level (at most once a minute) and
+    /// [`JetStreamBus::health`](crate::JetStreamBus::health) fails naming the subject until a
+    /// publish to it succeeds. With `false` it is expected (streams created after the relay
+    /// starts): retried quietly, and health stays OK.
     pub require_stream: bool,
 }
 

@@ -5,7 +5,10 @@ mod common;
 use std::time::Duration;
 
 use outbox_core::{Bus, NewMessage, PublishOutcome, RelayConfig};
-use outbox_nats::{CoreNatsBus, JetStreamBus, NATS_MSG_ID, SubjectMapping, check_duplicate_window};
+use outbox_nats::{
+    CoreNatsBus, JetStreamBus, NATS_MSG_ID, StreamSpec, SubjectMapping, check_duplicate_window, ensure_stream,
+    required_duplicate_window,
+};
 
 use common::{TestStream, stored};
 
@@ -77,34 +80,6 @@ async fn headers_count_toward_the_size_limit() {
 }
 
 #[tokio::test]
-async fn a_subject_no_stream_takes_is_permanent_with_a_reason() {
-    let Some(client) = common::client().await else { return };
-    let bus =
-        JetStreamBus::builder(client).subject_prefix("nostream.").ack_timeout(Duration::from_secs(2)).build().unwrap();
-    let m = stored(NewMessage::new(format!("orphan{}", outbox_core::testkit::unique_suffix()), "x"));
-    match &bus.publish(&[m]).await[0] {
-        PublishOutcome::Permanent(reason) => assert!(reason.contains("no JetStream stream takes subject"), "{reason}"),
-        other => panic!("expected a permanent failure, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn without_require_stream_a_missing_stream_is_retryable() {
-    let Some(client) = common::client().await else { return };
-    let bus = JetStreamBus::builder(client)
-        .subject_prefix("nostream.")
-        .require_stream(false)
-        .ack_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let m = stored(NewMessage::new(format!("later{}", outbox_core::testkit::unique_suffix()), "x"));
-    match &bus.publish(&[m]).await[0] {
-        PublishOutcome::Retryable(reason) => assert!(reason.contains("no JetStream stream takes subject"), "{reason}"),
-        other => panic!("expected a retryable failure, got {other:?}"),
-    }
-}
-
-#[tokio::test]
 async fn a_custom_subject_mapping_routes_by_message() {
     let Some(client) = common::client().await else { return };
     let stream = TestStream::new(&client).await;
@@ -170,6 +145,39 @@ async fn a_duplicate_window_shorter_than_claim_ttl_plus_retries_is_reported() {
     let config = outbox_nats::ensure_stream(&js, &long).await.unwrap();
     check_duplicate_window(&config, &RelayConfig::default()).unwrap();
     let _ = js.delete_stream(&name).await;
+}
+
+#[tokio::test]
+async fn a_stream_ensured_for_a_relay_is_created_with_the_window_it_needs() {
+    let Some(client) = common::client().await else { return };
+    let js = async_nats::jetstream::new(client);
+    let name = format!("W_{}", outbox_core::testkit::unique_suffix());
+    let mut relay = RelayConfig::default();
+    relay.claim_ttl = Duration::from_secs(120); // needs more than the default 10 minutes
+    let spec = StreamSpec::new(&name, [format!("{}.>", name.to_lowercase())]).for_relay(&relay);
+    let config = ensure_stream(&js, &spec).await.unwrap();
+    let _ = js.delete_stream(&name).await;
+    assert!(config.duplicate_window > Duration::from_secs(600), "{:?}", config.duplicate_window);
+    assert!(config.duplicate_window >= required_duplicate_window(&relay));
+    check_duplicate_window(&config, &relay).unwrap();
+}
+
+#[tokio::test]
+async fn ensuring_an_existing_stream_warns_when_its_window_is_too_short_for_the_relay() {
+    let Some(client) = common::client().await else { return };
+    let (logs, _guard) = common::LogCapture::start();
+    let js = async_nats::jetstream::new(client);
+    let name = format!("W_{}", outbox_core::testkit::unique_suffix());
+    let subjects = [format!("{}.>", name.to_lowercase())];
+    ensure_stream(&js, &StreamSpec::new(&name, subjects.clone()).duplicate_window(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(logs.count(tracing::Level::WARN, &name), 0, "a new stream gets the window asked for");
+    let spec = StreamSpec::new(&name, subjects).for_relay(&RelayConfig::default());
+    let config = ensure_stream(&js, &spec).await.unwrap();
+    let _ = js.delete_stream(&name).await;
+    assert_eq!(config.duplicate_window, Duration::from_secs(5), "an existing stream is left as is");
+    assert_eq!(logs.count(tracing::Level::WARN, &name), 1, "the short window is warned about once");
 }
 
 #[tokio::test]

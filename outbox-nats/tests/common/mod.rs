@@ -167,3 +167,63 @@ impl Drop for OwnServer {
         }
     }
 }
+
+/// The `outbox_nats` events logged on this thread while a capture runs. A global subscriber
+/// hands each event to its thread's capture: scoped (thread-local) subscribers share callsite
+/// interest across threads, so parallel tests would drop each other's events.
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<LogCapture>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Ends a [`LogCapture`] on drop.
+pub struct CaptureGuard(());
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
+impl LogCapture {
+    /// Records this thread's events until the guard drops: use a current-thread runtime.
+    pub fn start() -> (Self, CaptureGuard) {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| tracing::subscriber::set_global_default(Router).expect("no other global subscriber"));
+        let capture = Self::default();
+        CAPTURE.with(|c| *c.borrow_mut() = Some(capture.clone()));
+        (capture, CaptureGuard(()))
+    }
+
+    /// Events at `level` whose fields mention `needle`.
+    pub fn count(&self, level: tracing::Level, needle: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|(l, text)| *l == level && text.contains(needle)).count()
+    }
+}
+
+/// The global subscriber behind [`LogCapture`].
+struct Router;
+
+impl tracing::Subscriber for Router {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.target().starts_with("outbox_nats")
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        use std::fmt::Write as _;
+        let Some(capture) = CAPTURE.with(|c| c.borrow().clone()) else { return };
+        let mut text = String::new();
+        event.record(&mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+            let _ = write!(text, "{}={value:?} ", field.name());
+        });
+        capture.0.lock().unwrap().push((*event.metadata().level(), text));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}

@@ -1,6 +1,7 @@
 //! The JetStream bus: acked, pipelined and deduplicated.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -11,17 +12,23 @@ use bytes::Bytes;
 use futures::StreamExt;
 use outbox_core::{Bus, OutboxMessage, PublishOutcome, Result};
 
-use crate::bus::{NATS_MSG_ID, oversized, prepare};
 use crate::config::{JetStreamConfig, SubjectMapping};
+use crate::message::{NATS_MSG_ID, oversized, prepare};
+use crate::stream_health::{BatchStreams, Lookup, MissingStream, StreamHealth};
 
 /// Publishes to JetStream: pipelined (a window of acks in flight), with `Nats-Msg-Id` set to
 /// the outbox message id so the stream's duplicate window drops redeliveries.
 ///
 /// Outcomes: an ack is `Published`, an ack flagged duplicate `Duplicate`; a timeout, a lost
 /// connection or JetStream not answering `Retryable`; a message over the server's
-/// `max_payload`, an invalid subject or header, or a subject no stream takes (with
-/// [`require_stream`](JetStreamBusBuilder::require_stream), the default) `Permanent`. Each
-/// fails alone: the rest of the batch still goes out.
+/// `max_payload` or an invalid subject or header `Permanent`. Each fails alone: the rest of
+/// the batch still goes out.
+///
+/// A subject no stream takes is `Retryable`: a relay started before its stream is created
+/// waits for it. With [`require_stream`](JetStreamBusBuilder::require_stream) (the default)
+/// that is an operator error: logged at error level (at most once a minute) and reported by
+/// [`health`](JetStreamBus::health) until a publish to the subject succeeds. Each batch looks
+/// a subject's stream up at most once.
 ///
 /// ```no_run
 /// # async fn run() -> outbox_core::Result<()> {
@@ -37,6 +44,8 @@ pub struct JetStreamBus {
     js: jetstream::Context,
     client: async_nats::Client,
     config: JetStreamConfig,
+    /// Shared by the clones, so a clone kept for a health check sees the relay's publishes.
+    streams: Arc<StreamHealth>,
 }
 
 /// Settings for a [`JetStreamBus`]; [`build`](JetStreamBusBuilder::build) validates them.
@@ -68,7 +77,8 @@ impl JetStreamBusBuilder {
         self.config.ack_timeout = timeout;
         self
     }
-    /// Whether a subject no stream takes is permanent (default `true`) or retryable.
+    /// Whether every subject must have a stream (default `true`): see
+    /// [`JetStreamConfig::require_stream`].
     pub fn require_stream(mut self, required: bool) -> Self {
         self.config.require_stream = required;
         self
@@ -83,7 +93,7 @@ impl JetStreamBusBuilder {
         self.config.validate()?;
         let mut js = jetstream::new(self.client.clone());
         js.set_timeout(self.config.ack_timeout);
-        Ok(JetStreamBus { js, client: self.client, config: self.config })
+        Ok(JetStreamBus { js, client: self.client, config: self.config, streams: Arc::default() })
     }
 }
 
@@ -103,9 +113,17 @@ impl JetStreamBus {
         &self.config
     }
 
+    /// `Err` naming the subjects whose last publish found no stream (with
+    /// [`require_stream`](JetStreamConfig::require_stream) on), for a health endpoint: their
+    /// messages are being retried. A subject is cleared by the next publish to it that
+    /// succeeds. Shared by the bus's clones; no round trip.
+    pub fn health(&self) -> std::result::Result<(), MissingStream> {
+        self.streams.check()
+    }
+
     /// Sends `msg` and awaits its ack. [`Bus::publish`] keeps up to `window` of these running,
     /// so the sends go out back to back and the acks come back pipelined.
-    async fn publish_one(&self, msg: &OutboxMessage) -> PublishOutcome {
+    async fn publish_one(&self, msg: &OutboxMessage, streams: &BatchStreams) -> PublishOutcome {
         let (subject, mut headers) = match prepare(&self.config.subjects, msg) {
             Ok(prepared) => prepared,
             Err(reason) => return PublishOutcome::Permanent(reason),
@@ -120,6 +138,9 @@ impl JetStreamBus {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
+        if ack.is_ok() && self.streams.watching() {
+            streams.delivered(&subject);
+        }
         match ack {
             Ok(ack) if ack.duplicate => PublishOutcome::Duplicate,
             Ok(_) => PublishOutcome::Published,
@@ -127,7 +148,7 @@ impl JetStreamBus {
                 PublishErrorKind::MaxPayloadExceeded => {
                     PublishOutcome::Permanent(format!("over the server's max_payload size limit: {e}"))
                 }
-                PublishErrorKind::StreamNotFound => self.no_stream(&subject).await,
+                PublishErrorKind::StreamNotFound => self.no_stream(&subject, streams).await,
                 PublishErrorKind::Other if jetstream_code(&e) == Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => {
                     PublishOutcome::Permanent(format!("the stream's max message size rejects it: {}", source_text(&e)))
                 }
@@ -140,21 +161,22 @@ impl JetStreamBus {
     }
 
     /// "No responders" means no stream took the subject, or JetStream is not up yet (a server
-    /// restart). Only a confirmed "no stream has this subject" is permanent, and only when
-    /// [`JetStreamConfig::require_stream`] is set.
-    async fn no_stream(&self, subject: &str) -> PublishOutcome {
-        use async_nats::jetstream::context::GetStreamByNameErrorKind as Kind;
-        match self.js.stream_by_subject(subject).await {
-            Err(e) if matches!(e.kind(), Kind::NotFound) && self.config.require_stream => {
-                PublishOutcome::Permanent(format!(
-                    "no JetStream stream takes subject `{subject}`; create one (outbox_nats::ensure_stream) or change the subject mapping"
-                ))
-            }
-            Err(e) if matches!(e.kind(), Kind::NotFound) => PublishOutcome::Retryable(format!(
+    /// restart): the lookup tells which. Retryable either way.
+    async fn no_stream(&self, subject: &str, streams: &BatchStreams) -> PublishOutcome {
+        PublishOutcome::Retryable(match streams.lookup(&self.js, subject).await {
+            Lookup::Missing if self.config.require_stream => format!(
+                "no JetStream stream takes subject `{subject}`; create one (outbox_nats::ensure_stream) or change the subject mapping"
+            ),
+            Lookup::Missing => format!(
                 "no JetStream stream takes subject `{subject}` yet (require_stream is off, so it waits for one)"
-            )),
-            _ => PublishOutcome::Retryable(format!("JetStream did not answer for `{subject}` (no responders)")),
-        }
+            ),
+            Lookup::Found(stream) => {
+                format!("JetStream did not answer for `{subject}` (no responders), though stream `{stream}` takes it")
+            }
+            Lookup::Failed(e) => {
+                format!("JetStream did not answer for `{subject}` (no responders; stream lookup failed: {e})")
+            }
+        })
     }
 }
 
@@ -169,7 +191,10 @@ fn source_text(e: &dyn std::error::Error) -> String {
 #[async_trait]
 impl Bus for JetStreamBus {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
-        let sends: Vec<_> = batch.iter().map(|m| self.publish_one(m)).collect();
-        futures::stream::iter(sends).buffered(self.config.window).collect().await
+        let streams = BatchStreams::default();
+        let sends: Vec<_> = batch.iter().map(|m| self.publish_one(m, &streams)).collect();
+        let outcomes = futures::stream::iter(sends).buffered(self.config.window).collect().await;
+        self.streams.settle(streams, self.config.require_stream);
+        outcomes
     }
 }
