@@ -1,7 +1,5 @@
 //! The Redis Streams bus: one pipelined round trip of XADDs per batch.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,66 +7,14 @@ use outbox_core::{Bus, OutboxMessage, PublishOutcome, Result};
 use redis::aio::ConnectionManager;
 use redis::{ServerErrorKind, Value};
 
-use crate::config::{Dedup, DedupMode, IDMP_MAX_SIZE, RedisBusConfig, StreamMapping, dedup_key};
-use crate::error::{connect_with_timeouts, map_err, timed_out};
+use crate::classify::classify;
+use crate::config::{Dedup, DedupMode, RedisBusConfig, StreamMapping, dedup_key};
+use crate::conn::Conn;
+use crate::dedup::{self, IdmpStreams};
+use crate::error::connect_with_timeouts;
 
 /// The field that holds the payload; every broker header is a field of its own name.
 pub const PAYLOAD_FIELD: &str = "payload";
-
-/// The IDMP producer id: the outbox message id alone identifies a message.
-const IDMP_PRODUCER: &str = "outbox";
-
-/// A consumer group created and destroyed at once, only to create an empty stream that
-/// `XCFGSET` can configure before the first entry goes in.
-const INIT_GROUP: &str = "outbox-idmp-init";
-
-/// `SET NX PX` on the dedup key, then `XADD` only if the key was new; an `XADD` error removes
-/// the key again so a retry is not mistaken for a duplicate.
-const DEDUP_SCRIPT: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-  local args = {'XADD', KEYS[2]}
-  if ARGV[2] ~= '0' then
-    table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[2])
-  end
-  table.insert(args, '*')
-  for i = 3, #ARGV do table.insert(args, ARGV[i]) end
-  local res = redis.pcall(unpack(args))
-  if type(res) == 'table' and res.err then redis.call('DEL', KEYS[1]) end
-  return res
-end
-return false
-";
-
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    #[cfg(feature = "cluster")]
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    /// Runs `pipe` (keys of one slot on a cluster) with every server error kept per command.
-    async fn pipeline(&self, pipe: &redis::Pipeline, within: Duration) -> Result<Vec<Value>> {
-        let reply = match self.clone() {
-            Conn::Single(mut c) => tokio::time::timeout(within, pipe.query_async(&mut c)).await,
-            #[cfg(feature = "cluster")]
-            Conn::Cluster(mut c) => tokio::time::timeout(within, pipe.query_async(&mut c)).await,
-        };
-        reply.map_err(|_| timed_out("Redis pipeline", within))?.map_err(|e| map_err("Redis pipeline", e))
-    }
-
-    /// Runs one command; unlike a pipeline, a node-wide command such as `SCRIPT LOAD` reaches
-    /// every node of a cluster.
-    async fn command(&self, cmd: &redis::Cmd, within: Duration) -> Result<Value> {
-        let what = "Redis command";
-        let reply = match self.clone() {
-            Conn::Single(mut c) => tokio::time::timeout(within, cmd.query_async(&mut c)).await,
-            #[cfg(feature = "cluster")]
-            Conn::Cluster(mut c) => tokio::time::timeout(within, cmd.query_async(&mut c)).await,
-        };
-        reply.map_err(|_| timed_out(what, within))?.map_err(|e| map_err(what, e))
-    }
-}
 
 /// Publishes batches to Redis Streams as one pipeline per batch (per hash slot on a
 /// cluster). Fields: `payload`, plus one field per broker header (`Outbox-Message-Id`,
@@ -82,7 +28,7 @@ impl Conn {
 /// let bus = RedisStreamsBus::from_url("redis://127.0.0.1:6379")
 ///     .stream_prefix("events:")
 ///     .max_len(1_000_000)
-///     .dedup(Dedup::IdmpOrLua)
+///     .dedup(Dedup::Lua)
 ///     .response_timeout(Duration::from_secs(2))
 ///     .build()
 ///     .await?;
@@ -94,8 +40,7 @@ pub struct RedisStreamsBus {
     config: RedisBusConfig,
     mode: DedupMode,
     script: redis::Script,
-    /// Streams whose IDMP settings are known to be in place.
-    idmp_ready: Arc<Mutex<HashSet<String>>>,
+    idmp: IdmpStreams,
 }
 
 impl std::fmt::Debug for RedisStreamsBus {
@@ -131,12 +76,15 @@ impl RedisBusBuilder {
         self.config.streams = mapping;
         self
     }
-    /// Trim each stream to about `n` entries (`MAXLEN ~ n`).
+    /// Trim each stream to about `n` entries (`MAXLEN ~ n`). Redis trims regardless of
+    /// consumer groups, so entries not yet read (or not acknowledged) go too once a stream is
+    /// past `n`: keep `n` above the largest backlog a consumer may fall behind by.
     pub fn max_len(mut self, n: usize) -> Self {
         self.config.max_len = Some(n);
         self
     }
-    /// Dedup strategy (default [`Dedup::Auto`]).
+    /// Dedup strategy. The default, [`Dedup::Auto`], dedups on every server: `XADD … IDMP` on
+    /// Redis ≥ 8.6, the Lua script before; [`Dedup::Off`] turns it off.
     pub fn dedup(mut self, dedup: Dedup) -> Self {
         self.config.dedup = dedup;
         self
@@ -173,51 +121,19 @@ impl RedisBusBuilder {
                 Conn::Single(connect_with_timeouts(&url, config.connection_timeout, config.response_timeout).await?)
             }
         };
-        let version = server_version(&conn, config.response_timeout).await?;
-        let mode = choose_mode(config.dedup, version);
-        let script = redis::Script::new(DEDUP_SCRIPT);
+        let version = dedup::server_version(&conn, config.response_timeout).await?;
+        let mode = dedup::choose_mode(config.dedup, version);
+        let script = redis::Script::new(dedup::SCRIPT);
         if mode == DedupMode::Lua {
             // Saves the first batch a NOSCRIPT round trip (on every node of a cluster); a
             // restarted or new node is handled in `send`.
-            conn.command(redis::cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT), config.response_timeout).await?;
+            let what = "cannot load the dedup script (SCRIPT LOAD; Dedup::Off publishes without broker dedup)";
+            conn.command(what, redis::cmd("SCRIPT").arg("LOAD").arg(dedup::SCRIPT), config.response_timeout).await?;
         }
         let server = format!("{}.{}", version.0, version.1);
-        if mode == DedupMode::None && config.dedup == Dedup::Auto {
-            tracing::info!(%server, ?mode, "redis streams bus ready; no broker dedup (IDMP needs Redis >= 8.6): use Dedup::Lua or Dedup::IdmpOrLua to drop redeliveries");
-        } else {
-            tracing::info!(%server, ?mode, "redis streams bus ready");
-        }
-        Ok(RedisStreamsBus { conn, config, mode, script, idmp_ready: Arc::default() })
+        tracing::info!(%server, ?mode, "redis streams bus ready");
+        Ok(RedisStreamsBus { conn, config, mode, script, idmp: IdmpStreams::default() })
     }
-}
-
-fn choose_mode(dedup: Dedup, version: (u32, u32)) -> DedupMode {
-    let idmp = version >= (8, 6);
-    match dedup {
-        Dedup::Off => DedupMode::None,
-        Dedup::Lua => DedupMode::Lua,
-        Dedup::Auto | Dedup::IdmpOrLua if idmp => DedupMode::Idmp,
-        Dedup::Auto => DedupMode::None,
-        Dedup::IdmpOrLua => DedupMode::Lua,
-    }
-}
-
-async fn server_version(conn: &Conn, within: Duration) -> Result<(u32, u32)> {
-    let mut info = redis::pipe();
-    info.cmd("INFO").arg("server");
-    let reply = conn.pipeline(&info, within).await?;
-    let text = match reply.into_iter().next() {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
-        Some(Value::VerbatimString { text, .. }) => text,
-        _ => String::new(),
-    };
-    Ok(parse_version(&text))
-}
-
-fn parse_version(info: &str) -> (u32, u32) {
-    let v = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("0.0");
-    let mut parts = v.trim().split('.').map(|p| p.parse().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// A message ready to send: its place in the batch, stream key and XADD fields.
@@ -308,7 +224,7 @@ impl RedisStreamsBus {
                 let mut cmd = redis::cmd("XADD");
                 cmd.arg(&p.stream);
                 if self.mode == DedupMode::Idmp {
-                    cmd.arg("IDMP").arg(IDMP_PRODUCER).arg(&p.id);
+                    cmd.arg("IDMP").arg(dedup::IDMP_PRODUCER).arg(&p.id);
                 }
                 if max_len > 0 {
                     cmd.arg("MAXLEN").arg("~").arg(max_len);
@@ -354,7 +270,7 @@ impl RedisStreamsBus {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         if load {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(DEDUP_SCRIPT);
+            pipe.cmd("SCRIPT").arg("LOAD").arg(dedup::SCRIPT);
         }
         if clock {
             pipe.cmd("TIME");
@@ -374,7 +290,7 @@ impl RedisStreamsBus {
             Some(Value::ServerError(e)) => Some(format!("cannot load the dedup script: {e}")),
             _ => None,
         };
-        let started_ms = if clock { replies.next().as_ref().and_then(server_millis) } else { None };
+        let started_ms = if clock { replies.next().as_ref().and_then(dedup::server_millis) } else { None };
         items
             .iter()
             .map(|p| {
@@ -385,7 +301,7 @@ impl RedisStreamsBus {
                         load_failed.clone().map(PublishOutcome::Retryable)
                     }
                     Some(Value::ServerError(e)) => Some(classify(&p.stream, &e)),
-                    Some(entry) => Some(match (started_ms, entry_millis(&entry)) {
+                    Some(entry) => Some(match (started_ms, dedup::entry_millis(&entry)) {
                         (Some(started), Some(at)) if at < started => PublishOutcome::Duplicate,
                         _ => PublishOutcome::Published,
                     }),
@@ -393,100 +309,6 @@ impl RedisStreamsBus {
                 (p.index, outcome)
             })
             .collect()
-    }
-
-    /// Puts this bus's IDMP settings on every stream of `items` not yet seen by this process.
-    /// `XCFGSET` clears a stream's id map, so a stream that already has these settings (set by
-    /// another relay) is left alone, and a new stream is created empty and configured before
-    /// its first entry.
-    async fn configure_idmp(&self, items: &[Prepared]) -> Result<()> {
-        let fresh: HashSet<&str> = {
-            let ready = self.idmp_ready.lock().unwrap_or_else(|e| e.into_inner());
-            items.iter().map(|p| p.stream.as_str()).filter(|s| !ready.contains(*s)).collect()
-        };
-        let done = futures::future::join_all(fresh.into_iter().map(|s| self.configure_stream(s))).await;
-        let mut ready = self.idmp_ready.lock().unwrap_or_else(|e| e.into_inner());
-        for outcome in done {
-            if let Some(stream) = outcome? {
-                ready.insert(stream);
-            }
-        }
-        Ok(())
-    }
-
-    /// `Some(stream)` once configured; `None` when the key holds something else (its XADDs
-    /// will fail permanently, and it is checked again next time).
-    async fn configure_stream(&self, stream: &str) -> Result<Option<String>> {
-        let within = self.config.response_timeout;
-        let want = (self.config.dedup_window.as_millis().div_ceil(1000) as i64, i64::from(IDMP_MAX_SIZE));
-        let mut look = redis::pipe();
-        look.ignore_errors().cmd("TYPE").arg(stream).cmd("XINFO").arg("STREAM").arg(stream);
-        let reply = self.conn.pipeline(&look, within).await?;
-        let kind = match reply.first() {
-            Some(Value::SimpleString(s)) => s.as_str(),
-            _ => "",
-        };
-        let mut set = redis::pipe();
-        set.ignore_errors();
-        match kind {
-            "stream" if reply.get(1).and_then(idmp_settings) == Some(want) => return Ok(Some(stream.to_owned())),
-            "stream" => {
-                tracing::warn!(stream, "setting IDMP on an existing stream clears the ids it remembered");
-            }
-            "none" => {
-                set.cmd("XGROUP").arg("CREATE").arg(stream).arg(INIT_GROUP).arg("$").arg("MKSTREAM");
-                set.cmd("XGROUP").arg("DESTROY").arg(stream).arg(INIT_GROUP);
-            }
-            _ => return Ok(None),
-        }
-        set.cmd("XCFGSET").arg(stream).arg("IDMP-DURATION").arg(want.0).arg("IDMP-MAXSIZE").arg(want.1);
-        let reply = self.conn.pipeline(&set, within).await?;
-        match reply.last() {
-            Some(Value::ServerError(e)) => {
-                tracing::warn!(stream, error = %e, "cannot set IDMP retention; the server defaults apply");
-            }
-            _ => tracing::info!(stream, duration_s = want.0, max_size = want.1, "IDMP retention set"),
-        }
-        Ok(Some(stream.to_owned()))
-    }
-}
-
-/// `IDMP-DURATION` and `IDMP-MAXSIZE` from an `XINFO STREAM` reply.
-fn idmp_settings(info: &Value) -> Option<(i64, i64)> {
-    let mut duration = None;
-    let mut max_size = None;
-    for (k, v) in info.as_map_iter()? {
-        let slot = match k {
-            Value::BulkString(k) if k == b"idmp-duration" => &mut duration,
-            Value::BulkString(k) if k == b"idmp-maxsize" => &mut max_size,
-            Value::SimpleString(k) if k == "idmp-duration" => &mut duration,
-            Value::SimpleString(k) if k == "idmp-maxsize" => &mut max_size,
-            _ => continue,
-        };
-        *slot = redis::from_redis_value_ref::<i64>(v).ok();
-    }
-    Some((duration?, max_size?))
-}
-
-/// Milliseconds from a `TIME` reply.
-fn server_millis(time: &Value) -> Option<u64> {
-    let (secs, micros): (u64, u64) = redis::from_redis_value_ref(time).ok()?;
-    Some(secs * 1000 + micros / 1000)
-}
-
-/// The millisecond part of a stream entry id (`<ms>-<seq>`).
-fn entry_millis(id: &Value) -> Option<u64> {
-    let id: String = redis::from_redis_value_ref(id).ok()?;
-    id.split_once('-')?.0.parse().ok()
-}
-
-fn classify(stream: &str, e: &redis::ServerError) -> PublishOutcome {
-    use ServerErrorKind as K;
-    match e.kind() {
-        Some(K::BusyLoading | K::TryAgain | K::ClusterDown | K::MasterDown | K::ReadOnly | K::Moved | K::Ask) => {
-            PublishOutcome::Retryable(format!("Redis is not ready for `{stream}`: {e}"))
-        }
-        _ => PublishOutcome::Permanent(format!("Redis rejected the entry for stream `{stream}`: {e}")),
     }
 }
 
@@ -523,8 +345,10 @@ impl RedisStreamsBus {
         &self,
         ready: Vec<Prepared>,
     ) -> std::result::Result<Vec<(usize, PublishOutcome)>, (Vec<Prepared>, outbox_core::Error)> {
+        let (window, within) = (self.config.dedup_window, self.config.response_timeout);
         if self.mode == DedupMode::Idmp
-            && let Err(e) = self.configure_idmp(&ready).await
+            && let Err(e) =
+                self.idmp.configure(&self.conn, ready.iter().map(|p| p.stream.as_str()), window, within).await
         {
             return Err((ready, e));
         }
@@ -539,52 +363,5 @@ impl RedisStreamsBus {
                 Ok(futures::future::join_all(sends).await.into_iter().flatten().collect())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_parse_from_info() {
-        assert_eq!(parse_version("# Server\r\nredis_version:7.0.15\r\n"), (7, 0));
-        assert_eq!(parse_version("redis_version:8.6.1\n"), (8, 6));
-        assert_eq!(parse_version(""), (0, 0));
-    }
-
-    #[test]
-    fn the_mode_follows_the_server_version() {
-        assert_eq!(choose_mode(Dedup::Auto, (7, 0)), DedupMode::None);
-        assert_eq!(choose_mode(Dedup::Auto, (8, 6)), DedupMode::Idmp);
-        assert_eq!(choose_mode(Dedup::IdmpOrLua, (8, 4)), DedupMode::Lua);
-        assert_eq!(choose_mode(Dedup::IdmpOrLua, (9, 0)), DedupMode::Idmp);
-        assert_eq!(choose_mode(Dedup::Lua, (8, 6)), DedupMode::Lua);
-        assert_eq!(choose_mode(Dedup::Off, (8, 6)), DedupMode::None);
-    }
-
-    #[test]
-    fn idmp_settings_read_from_xinfo_in_resp2_and_resp3() {
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let resp2 = Value::Array(vec![
-            b("length"),
-            Value::Int(3),
-            b("idmp-duration"),
-            Value::Int(600),
-            b("idmp-maxsize"),
-            Value::Int(10_000),
-        ]);
-        assert_eq!(idmp_settings(&resp2), Some((600, 10_000)));
-        let resp3 = Value::Map(vec![(b("idmp-maxsize"), Value::Int(100)), (b("idmp-duration"), Value::Int(100))]);
-        assert_eq!(idmp_settings(&resp3), Some((100, 100)));
-        assert_eq!(idmp_settings(&Value::Array(vec![b("length"), Value::Int(3)])), None, "not configured");
-    }
-
-    #[test]
-    fn an_idmp_hit_is_told_by_its_older_entry_id() {
-        let time = Value::Array(vec![Value::BulkString(b"1700000000".to_vec()), Value::BulkString(b"123456".to_vec())]);
-        assert_eq!(server_millis(&time), Some(1_700_000_000_123));
-        assert_eq!(entry_millis(&Value::BulkString(b"1700000000100-3".to_vec())), Some(1_700_000_000_100));
-        assert_eq!(entry_millis(&Value::Okay), None);
     }
 }

@@ -45,10 +45,12 @@ impl StreamMapping {
     }
 }
 
-/// Broker-side deduplication of redelivered messages.
+/// Broker-side deduplication of redelivered messages (a relay crash between publish and
+/// settle, or racing relays).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dedup {
-    /// Idempotent `XADD … IDMP` when the server has it (Redis ≥ 8.6), otherwise none.
+    /// The default: idempotent `XADD … IDMP` on Redis ≥ 8.6, the Lua script on older servers,
+    /// so every server drops redeliveries within the dedup window.
     #[default]
     Auto,
     /// No dedup: a redelivery after a crash appends a second entry (with the same id field).
@@ -56,7 +58,7 @@ pub enum Dedup {
     /// An atomic Lua script: `SET <dedup key> NX PX <ttl>`, then `XADD` only if the key was
     /// new. Works on any Redis with scripting; costs one extra key per message for the TTL.
     Lua,
-    /// `IDMP` when the server has it, else the Lua script: dedup on every server.
+    /// The same as [`Dedup::Auto`], which used to mean no dedup before Redis 8.6.
     IdmpOrLua,
 }
 
@@ -86,8 +88,11 @@ pub struct RedisBusConfig {
     /// Topic → stream key rule. Default prefix `outbox:`.
     pub streams: StreamMapping,
     /// Approximate cap on stream length (`MAXLEN ~ N`); `None` keeps everything. At least 1.
+    /// Trimming ignores consumer groups: entries that consumers have not read yet (or read and
+    /// not acknowledged) are dropped too once the stream is past `N`, so size `N` above the
+    /// worst backlog a consumer may build up.
     pub max_len: Option<usize>,
-    /// Broker-side dedup. Default [`Dedup::Auto`].
+    /// Broker-side dedup. Default [`Dedup::Auto`]: IDMP on Redis ≥ 8.6, else the Lua script.
     pub dedup: Dedup,
     /// How long a message id is remembered for dedup (whole seconds with IDMP). Default 10
     /// minutes; 1 s to 24 h. Keep it above the relay's `claim_ttl` plus retry horizon.

@@ -5,19 +5,18 @@ use std::time::Duration;
 use outbox_core::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::classify::is_retryable_code;
 use crate::config::{DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 
-/// Whether a Redis error may succeed later (connection, I/O, timeout, loading, cluster moves).
+/// Whether a Redis error may succeed later: connection, I/O, timeout, cluster moves, or a
+/// server refusal that passes (`OOM`, `LOADING`, `MISCONF`, …; the list is in the crate docs).
 pub fn is_temporary(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_cluster_error()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain)
-        )
+        || e.code().is_some_and(is_retryable_code)
 }
 
 /// Maps a Redis error into the outbox error, naming what was being done.
@@ -62,4 +61,20 @@ pub async fn connect_with_timeouts(
         .get_connection_manager_with_config(config)
         .await
         .map_err(|e| map_err(format_args!("cannot reach Redis at {url}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &str) -> redis::RedisError {
+        crate::classify::server_error(reply).into()
+    }
+
+    #[test]
+    fn temporary_refusals_map_to_temporary_errors() {
+        assert!(map_err("x", server_error("OOM command not allowed when used memory > 'maxmemory'.")).is_temporary());
+        assert!(map_err("x", server_error("LOADING Redis is loading the dataset in memory")).is_temporary());
+        assert!(!map_err("x", server_error("WRONGTYPE Operation against a key holding the wrong kind")).is_temporary());
+    }
 }

@@ -1,9 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 mod bus;
+mod classify;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;
+mod conn;
+mod dedup;
 mod error;
 mod notify;
 

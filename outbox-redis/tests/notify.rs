@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use outbox_core::{MessageId, Notice, Notifier};
-use outbox_redis::RedisNotifier;
+use outbox_redis::{DEFAULT_HEARTBEAT, RedisNotifier};
 
 use common::server::Server;
 
@@ -40,6 +40,24 @@ async fn bad_settings_are_configuration_errors() {
         let n = RedisNotifier::connect(&common::url(), "c").await.unwrap();
         let err = n.heartbeat(Duration::ZERO).unwrap_err();
         assert!(err.to_string().contains("redis.notify_heartbeat"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn the_heartbeat_takes_10_ms_to_10_min_as_documented() {
+    if common::conn().await.is_none() {
+        return;
+    }
+    let n = RedisNotifier::connect(&common::url(), channel()).await.unwrap();
+    for ok in [Duration::from_millis(10), DEFAULT_HEARTBEAT, Duration::from_secs(600)] {
+        assert!(n.clone().heartbeat(ok).is_ok(), "{ok:?}");
+    }
+    for bad in [Duration::from_micros(9_999), Duration::from_secs(600) + Duration::from_nanos(1)] {
+        let err = n.clone().heartbeat(bad).unwrap_err();
+        assert!(
+            err.to_string().contains("redis.notify_heartbeat") && err.to_string().contains("10 ms and 10 min"),
+            "{err}"
+        );
     }
 }
 

@@ -44,11 +44,68 @@ async fn with_lua_dedup_a_message_published_twice_is_appended_once() {
 }
 
 #[tokio::test]
-async fn without_dedup_on_redis_7_auto_means_none() {
-    let Some(conn) = common::conn().await else { return };
-    let bus = RedisStreamsBus::builder(conn).build().await.unwrap();
-    let info = bus.dedup_mode();
-    assert!(matches!(info, DedupMode::None | DedupMode::Idmp), "{info:?}");
+async fn the_default_bus_drops_a_republished_message_on_any_server_version() {
+    let Some(mut conn) = common::conn().await else { return };
+    let prefix = common::prefix();
+    let bus = RedisStreamsBus::builder(conn.clone()).stream_prefix(&prefix).build().await.unwrap();
+    let mode = bus.dedup_mode();
+    assert!(matches!(mode, DedupMode::Lua | DedupMode::Idmp), "{mode:?}");
+    let m = stored(NewMessage::new("default", "once"));
+    assert_eq!(bus.publish(std::slice::from_ref(&m)).await, vec![PublishOutcome::Published]);
+    assert_eq!(bus.publish(std::slice::from_ref(&m)).await, vec![PublishOutcome::Duplicate]);
+    let stream = format!("{prefix}default");
+    assert_eq!(common::xlen(&mut conn, &stream).await, 1);
+    common::del(&mut conn, &[&stream, &dedup_key(&stream, &m.id.to_string())]).await;
+}
+
+#[tokio::test]
+async fn a_user_who_may_not_run_scripts_gets_a_build_error_naming_dedup_off() {
+    let Some(server) = common::server::Server::start().await else { return };
+    let mut admin = outbox_redis::connect(&server.url()).await.unwrap();
+    let acl = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("noscript")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-@scripting")
+        .clone();
+    let () = acl.query_async(&mut admin).await.unwrap();
+    let url = format!("redis://noscript:pw@127.0.0.1:{}", server.port);
+    let err = RedisStreamsBus::from_url(&url).build().await.unwrap_err();
+    assert!(
+        !err.is_temporary() && err.to_string().contains("no permissions") && err.to_string().contains("Dedup::Off"),
+        "{err}"
+    );
+    let bus = RedisStreamsBus::from_url(&url).dedup(Dedup::Off).build().await.unwrap();
+    assert_eq!(bus.publish(&[stored(NewMessage::new("t", "x"))]).await, vec![PublishOutcome::Published]);
+}
+
+async fn set_maxmemory(conn: &mut redis::aio::ConnectionManager, limit: &str) {
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(limit).query_async(conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn out_of_memory_is_retryable_and_the_same_publish_succeeds_once_memory_is_back() {
+    // Below the memory an idle server uses, so every write is refused with OOM.
+    let options = ["--maxmemory", "100kb", "--maxmemory-policy", "noeviction"];
+    let Some(server) = common::server::Server::start_configured(&options).await else { return };
+    let mut admin = outbox_redis::connect(&server.url()).await.unwrap();
+    for dedup in [Dedup::Off, Dedup::Lua] {
+        set_maxmemory(&mut admin, "100kb").await;
+        let bus = RedisStreamsBus::from_url(server.url()).dedup(dedup).build().await.unwrap();
+        let batch = vec![stored(NewMessage::new("oom", "1")), stored(NewMessage::new("oom", "2"))];
+        for o in bus.publish(&batch).await {
+            assert!(matches!(&o, PublishOutcome::Retryable(r) if r.contains("OOM")), "{dedup:?}: {o:?}");
+        }
+        assert_eq!(common::xlen(&mut admin, "outbox:oom").await, 0, "{dedup:?}");
+        set_maxmemory(&mut admin, "0").await;
+        // With Lua dedup, the refused message left no dedup key behind to make it a duplicate.
+        assert_eq!(bus.publish(&batch).await, vec![PublishOutcome::Published; 2], "{dedup:?}");
+        assert_eq!(common::xlen(&mut admin, "outbox:oom").await, 2, "{dedup:?}");
+        let () = redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -20,14 +20,24 @@ impl Server {
         Self::start_on(free_port()).await
     }
 
-    /// Starts a server on `port` (e.g. again after [`Server::kill`]).
+    /// Starts a server on `port` (e.g. again after the first one was dropped).
     pub async fn start_on(port: u16) -> Option<Self> {
+        Self::start_with(port, &[]).await
+    }
+
+    /// Starts a server on a free port with extra `redis-server` options (e.g. `--maxmemory`).
+    pub async fn start_configured(options: &[&str]) -> Option<Self> {
+        Self::start_with(free_port(), options).await
+    }
+
+    async fn start_with(port: u16, options: &[&str]) -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("outbox-redis-test-{}", outbox_core::testkit::unique_suffix()));
         std::fs::create_dir_all(&dir).ok()?;
         let spawned = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--dir"])
             .arg(&dir)
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
