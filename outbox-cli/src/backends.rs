@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use outbox::redis::redis;
 use outbox::sea_orm::{SqlStore, SqlStoreConfig, connect_sqlite};
-use outbox::{Bus, Notifier, RelayConfig, Retention};
+use outbox::{Bus, Notifier, Retention};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::health::BrokerCheck;
@@ -57,27 +57,21 @@ pub(crate) async fn store(common: &Common) -> anyhow::Result<Arc<SqlStore>> {
     Ok(Arc::new(SqlStore::new(db, store_config(common, Retention::Delete, None))?))
 }
 
-/// Subject prefix (NATS) and stream-key prefix (Redis) unless set.
-const NATS_PREFIX: &str = "outbox.";
-const REDIS_PREFIX: &str = "outbox:";
 const NATS_NOTIFY_SUBJECT: &str = "outbox.notify";
 const REDIS_NOTIFY_CHANNEL: &str = "outbox:notify";
 
-pub(crate) async fn nats_bus(s: &RelaySettings, relay: &RelayConfig) -> anyhow::Result<BusAndCheck> {
+pub(crate) async fn nats_bus(s: &RelaySettings) -> anyhow::Result<BusAndCheck> {
     let client = outbox::nats::connect(&s.nats_url).await?;
-    let prefix = s.prefix.as_deref().unwrap_or(NATS_PREFIX);
-    // An ack should time out well before the claim expires, or slow acks turn into duplicates.
-    let ack_timeout = (relay.claim_ttl / 2).min(std::time::Duration::from_secs(5));
-    let bus =
-        outbox::nats::JetStreamBus::builder(client.clone()).subject_prefix(prefix).ack_timeout(ack_timeout).build()?;
+    let bus = outbox::nats::JetStreamBus::builder(client.clone()).config(s.nats.clone()).build()?;
     // An empty stream name means the streams are managed elsewhere.
     if !s.stream.is_empty() {
-        let spec = outbox::nats::StreamSpec::new(&s.stream, [format!("{prefix}>")]);
+        let spec =
+            outbox::nats::StreamSpec::new(&s.stream, [format!("{}>", s.prefix)]).duplicate_window(s.duplicate_window);
         let stream = outbox::nats::ensure_stream(bus.context(), &spec)
             .await
             .with_context(|| format!("cannot set up JetStream stream `{}` at {}", s.stream, redact(&s.nats_url)))?;
         // Only a warning: the relay still works, redeliveries may just escape dedup.
-        let _ = outbox::nats::check_duplicate_window(&stream, relay);
+        let _ = outbox::nats::check_duplicate_window(&stream, &s.relay);
     }
     let check: BrokerCheck = Arc::new(move || {
         let up = client.connection_state() == outbox::nats::async_nats::connection::State::Connected;
@@ -87,13 +81,9 @@ pub(crate) async fn nats_bus(s: &RelaySettings, relay: &RelayConfig) -> anyhow::
 }
 
 pub(crate) async fn redis_bus(s: &RelaySettings) -> anyhow::Result<BusAndCheck> {
-    let conn = outbox::redis::connect(&s.redis_url).await?;
-    let prefix = s.prefix.as_deref().unwrap_or(REDIS_PREFIX);
-    let bus = outbox::redis::RedisStreamsBus::builder(conn.clone())
-        .stream_prefix(prefix)
-        .dedup(outbox::redis::Dedup::Lua)
-        .build()
+    let conn = outbox::redis::connect_with_timeouts(&s.redis_url, s.redis.connection_timeout, s.redis.response_timeout)
         .await?;
+    let bus = outbox::redis::RedisStreamsBus::builder(conn.clone()).config(s.redis.clone()).build().await?;
     let check: BrokerCheck = Arc::new(move || {
         let mut conn = conn.clone();
         Box::pin(async move {

@@ -27,7 +27,7 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
     Human,
@@ -39,7 +39,7 @@ pub(crate) enum Command {
     /// Create or upgrade the outbox table.
     Migrate,
     /// Run the relay (listener + fallback) until SIGINT or SIGTERM, then drain and exit 0.
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
     /// Pending, claimed and dead counts, the oldest pending age and the top keys by backlog.
     Status(StatusArgs),
     /// Inspect, replay and purge dead letters.
@@ -49,14 +49,14 @@ pub(crate) enum Command {
     PurgePublished(PurgeArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum BusKind {
     Nats,
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum NotifierKind {
     /// Postgres LISTEN/NOTIFY.
@@ -70,7 +70,7 @@ pub(crate) enum NotifierKind {
 }
 
 /// How a claim holds its rows (`outbox_sea_orm::ClaimMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ClaimModeArg {
     /// Transaction on Postgres, lease elsewhere.
@@ -81,7 +81,7 @@ pub(crate) enum ClaimModeArg {
     Transaction,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RetentionArg {
     Delete,
@@ -109,7 +109,7 @@ pub(crate) struct RelayArgs {
     /// What wakes the listener.
     #[arg(long, env = "OUTBOX_NOTIFIER", value_enum)]
     pub(crate) notifier: Option<NotifierKind>,
-    /// Messages per batch (listener and fallback).
+    /// Messages per sweep batch, and per listener batch unless --listener-max-batch is set.
     #[arg(long, env = "OUTBOX_BATCH_SIZE")]
     pub(crate) batch_size: Option<usize>,
     /// Time between fallback sweeps, e.g. 1s.
@@ -136,6 +136,83 @@ pub(crate) struct RelayArgs {
     /// Serve GET /health on this address (database and broker reachability).
     #[arg(long, env = "OUTBOX_HEALTH_ADDR")]
     pub(crate) health_addr: Option<SocketAddr>,
+    /// How long a shutdown waits for in-flight batches, e.g. 10s.
+    #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    pub(crate) shutdown_timeout: Option<Duration>,
+    /// Validate every setting and print the effective ones as a config file, connecting to
+    /// nothing; exit 0, or 2 naming the first bad setting.
+    #[arg(long)]
+    pub(crate) check: bool,
+
+    /// Most messages per listener batch (default: --batch-size if set, else 256).
+    #[arg(long, env = "OUTBOX_LISTENER_MAX_BATCH", help_heading = "Listener")]
+    pub(crate) listener_max_batch: Option<usize>,
+    /// Wait for more notices before dispatching a partial batch, e.g. 5ms (default 0s).
+    #[arg(long, env = "OUTBOX_LISTENER_LINGER", value_parser = parse_duration, help_heading = "Listener")]
+    pub(crate) listener_linger: Option<Duration>,
+    /// Listener batches in flight (default 4).
+    #[arg(long, env = "OUTBOX_LISTENER_CONCURRENCY", help_heading = "Listener")]
+    pub(crate) listener_concurrency: Option<usize>,
+
+    /// Sweep batches in parallel (default 2).
+    #[arg(long, env = "OUTBOX_FALLBACK_CONCURRENCY", help_heading = "Fallback")]
+    pub(crate) fallback_concurrency: Option<usize>,
+    /// How often the backlog gauges are counted, e.g. 15s.
+    #[arg(long, env = "OUTBOX_FALLBACK_STATS_INTERVAL", value_parser = parse_duration, help_heading = "Fallback")]
+    pub(crate) fallback_stats_interval: Option<Duration>,
+
+    /// Delay before the first retry, e.g. 200ms.
+    #[arg(long, env = "OUTBOX_RETRY_INITIAL_BACKOFF", value_parser = parse_duration, help_heading = "Retry")]
+    pub(crate) retry_initial_backoff: Option<Duration>,
+    /// Cap on the retry delay, e.g. 60s.
+    #[arg(long, env = "OUTBOX_RETRY_MAX_BACKOFF", value_parser = parse_duration, help_heading = "Retry")]
+    pub(crate) retry_max_backoff: Option<Duration>,
+    /// Growth of the retry delay per attempt (default 2.0).
+    #[arg(long, env = "OUTBOX_RETRY_FACTOR", help_heading = "Retry")]
+    pub(crate) retry_factor: Option<f32>,
+    /// Randomise retry delays (default true).
+    #[arg(long, env = "OUTBOX_RETRY_JITTER", value_name = "BOOL", help_heading = "Retry")]
+    pub(crate) retry_jitter: Option<bool>,
+
+    /// Acks in flight per batch (default 256).
+    #[arg(long, env = "OUTBOX_NATS_WINDOW", help_heading = "JetStream (--bus nats)")]
+    pub(crate) nats_window: Option<usize>,
+    /// Wait for one ack before the message is retryable (default: half --claim-ttl, at most 5s).
+    #[arg(long, env = "OUTBOX_NATS_ACK_TIMEOUT", value_parser = parse_duration, help_heading = "JetStream (--bus nats)")]
+    pub(crate) nats_ack_timeout: Option<Duration>,
+    /// Duplicate window of the stream the relay creates (default 10m; an existing stream keeps its own).
+    #[arg(long, env = "OUTBOX_NATS_DUPLICATE_WINDOW", value_parser = parse_duration, help_heading = "JetStream (--bus nats)")]
+    pub(crate) nats_duplicate_window: Option<Duration>,
+
+    /// Broker-side dedup of redeliveries (default lua).
+    #[arg(long, env = "OUTBOX_REDIS_DEDUP", value_enum, help_heading = "Redis Streams (--bus redis)")]
+    pub(crate) redis_dedup: Option<RedisDedupArg>,
+    /// How long message ids are remembered for dedup, e.g. 10m.
+    #[arg(long, env = "OUTBOX_REDIS_DEDUP_WINDOW", value_parser = parse_duration, help_heading = "Redis Streams (--bus redis)")]
+    pub(crate) redis_dedup_window: Option<Duration>,
+    /// Trim each stream to about this many entries (MAXLEN ~ N; default: no trimming).
+    #[arg(long, env = "OUTBOX_REDIS_MAX_LEN", help_heading = "Redis Streams (--bus redis)")]
+    pub(crate) redis_max_len: Option<usize>,
+    /// Longest wait for a batch's replies, e.g. 5s.
+    #[arg(long, env = "OUTBOX_REDIS_RESPONSE_TIMEOUT", value_parser = parse_duration, help_heading = "Redis Streams (--bus redis)")]
+    pub(crate) redis_response_timeout: Option<Duration>,
+    /// Longest wait for a (re)connection to Redis, e.g. 5s.
+    #[arg(long, env = "OUTBOX_REDIS_CONNECTION_TIMEOUT", value_parser = parse_duration, help_heading = "Redis Streams (--bus redis)")]
+    pub(crate) redis_connection_timeout: Option<Duration>,
+}
+
+/// Broker-side dedup on Redis (`outbox_redis::Dedup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RedisDedupArg {
+    /// IDMP on Redis >= 8.6, else none.
+    Auto,
+    /// None: a redelivery after a crash appends a second entry.
+    Off,
+    /// An atomic Lua script (any Redis).
+    Lua,
+    /// IDMP on Redis >= 8.6, else the Lua script.
+    IdmpOrLua,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,18 @@ fn main() -> ExitCode {
         }
     };
     let common = file.common(&cli);
+    // Settings are checked before anything connects; a bad one is a usage error.
+    let relay = match &cli.command {
+        Command::Relay(args) => match file.relay(args, &common) {
+            Ok(s) if args.check => return print_config(&s.to_file(&common)),
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     init_tracing(common.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -30,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, file, common)) {
+    match runtime.block_on(run(cli, relay, common)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -50,10 +62,27 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn run(cli: Cli, file: settings::FileConfig, common: settings::Common) -> anyhow::Result<()> {
+/// `outbox relay --check`: the effective settings, as a config file.
+fn print_config(config: &settings::FileConfig) -> ExitCode {
+    match toml::to_string(config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot print the settings: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, relay: Option<settings::RelaySettings>, common: settings::Common) -> anyhow::Result<()> {
     match &cli.command {
         Command::Migrate => commands::migrate::run(&common).await,
-        Command::Relay(args) => commands::relay::run(&common, file.relay(args)?).await,
+        Command::Relay(_) => match relay {
+            Some(settings) => commands::relay::run(&common, settings).await,
+            None => unreachable!("relay settings are built before the runtime starts"),
+        },
         Command::Status(args) => commands::status::run(&*backends::store(&common).await?, args).await,
         Command::Dead(cmd) => commands::dead::run(&*backends::store(&common).await?, cmd).await,
         Command::PurgePublished(args) => commands::purge::run(&*backends::store(&common).await?, args).await,

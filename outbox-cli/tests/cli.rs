@@ -69,17 +69,32 @@ async fn relay_to_nats_drains_on_sigterm_and_loses_nothing() {
     db.drop_table().await;
 }
 
+/// A Redis connection, a stream-key prefix of the test's own, and the relay's environment.
+struct Redis {
+    conn: outbox::redis::redis::aio::ConnectionManager,
+    prefix: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Redis {
+    /// `None` (skip) when Redis is unreachable outside strict mode.
+    async fn new(db: &Db) -> Option<Self> {
+        let url = common::redis_url();
+        let conn = match outbox::redis::connect(&url).await {
+            Ok(conn) => conn,
+            Err(e) => return outbox::testkit::unreachable_server("OUTBOX_TEST_REDIS_URL", &url, e),
+        };
+        let prefix = format!("cli:{}:", outbox::testkit::unique_suffix());
+        let mut env = env_of(db);
+        env.extend([("REDIS_URL", url), ("OUTBOX_PREFIX", prefix.clone())]);
+        Some(Self { conn, prefix, env })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_to_redis_drains_on_sigterm_and_loses_nothing() {
     let Some(db) = Db::new().await else { return };
-    let redis_url = common::redis_url();
-    let Ok(mut conn) = outbox::redis::connect(&redis_url).await else {
-        outbox::testkit::unreachable_server::<()>("OUTBOX_TEST_REDIS_URL", &redis_url, "unreachable");
-        return;
-    };
-    let prefix = format!("cli:{}:", outbox::testkit::unique_suffix());
-    let mut env = env_of(&db);
-    env.extend([("REDIS_URL", redis_url.clone()), ("OUTBOX_PREFIX", prefix.clone())]);
+    let Some(Redis { mut conn, prefix, env }) = Redis::new(&db).await else { return };
     let committed = db.write("orders", 400, 10, 40).await;
     let relay = RelayProcess::start(&env, &["--bus", "redis", "--interval", "100ms", "--min-age", "0s"]);
     assert!(common::wait_until(Duration::from_secs(30), || async { db.pending().await == 0 }).await, "drained");
@@ -239,8 +254,8 @@ async fn unreachable_servers_are_named_with_their_address() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("Redis at redis://127.0.0.1:1"), "{}", stderr(&out));
     let out = run(&["relay", "--batch-size", "0"], &env);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("batch"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "a bad setting is found before connecting");
+    assert!(stderr(&out).contains("--batch-size"), "{}", stderr(&out));
     db.drop_table().await;
 }
 
@@ -284,5 +299,276 @@ async fn flags_beat_environment_which_beats_the_config_file() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("invalid config file"), "{}", stderr(&bad));
     let _ = std::fs::remove_dir_all(&dir);
+    db.drop_table().await;
+}
+
+/// A config file of its own, removed on drop.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("outbox-cli-{}", outbox::testkit::unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("outbox.toml"), text).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> String {
+        self.0.join("outbox.toml").display().to_string()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `outbox [--config file] relay --check ARGS`: the effective `[relay]` settings, each value
+/// in its TOML spelling (`32`, `"5ms"`, `false`).
+fn effective(
+    file: Option<&ConfigFile>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, String> {
+    let path = file.map(ConfigFile::path);
+    let mut all: Vec<&str> = path.iter().flat_map(|p| ["--config", p.as_str()]).collect();
+    all.extend(["relay", "--check"]);
+    all.extend(args);
+    let out = run(&all, env);
+    assert!(out.status.success(), "{all:?}: {}", stderr(&out));
+    let printed: toml::Table = toml::from_str(&stdout(&out)).expect("--check prints TOML");
+    printed["relay"].as_table().expect("[relay]").iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+}
+
+fn assert_settings(shown: &std::collections::BTreeMap<String, String>, expected: &[(&str, &str)]) {
+    for (key, value) in expected {
+        assert_eq!(shown.get(*key).map(String::as_str), Some(*value), "relay.{key} in {shown:#?}");
+    }
+}
+
+#[test]
+fn relay_check_shows_the_defaults() {
+    let shown = effective(None, &[], &[]);
+    assert_settings(
+        &shown,
+        &[
+            ("listener_max_batch", "256"),
+            ("listener_linger", "\"0s\""),
+            ("listener_concurrency", "4"),
+            ("batch_size", "500"),
+            ("interval", "\"1s\""),
+            ("min_age", "\"2s\""),
+            ("fallback_concurrency", "2"),
+            ("fallback_stats_interval", "\"15s\""),
+            ("max_attempts", "10"),
+            ("retry_initial_backoff", "\"200ms\""),
+            ("retry_max_backoff", "\"1m\""),
+            ("retry_factor", "2.0"),
+            ("retry_jitter", "true"),
+            ("claim_ttl", "\"30s\""),
+            ("shutdown_timeout", "\"10s\""),
+            ("nats_window", "256"),
+            ("nats_ack_timeout", "\"5s\""),
+            ("nats_duplicate_window", "\"10m\""),
+        ],
+    );
+    assert!(!shown.contains_key("redis_dedup"), "Redis settings only with --bus redis: {shown:#?}");
+    let redis = effective(None, &["--bus", "redis"], &[]);
+    assert_settings(
+        &redis,
+        &[
+            ("prefix", "\"outbox:\""),
+            ("redis_dedup", "\"lua\""),
+            ("redis_dedup_window", "\"10m\""),
+            ("redis_response_timeout", "\"5s\""),
+            ("redis_connection_timeout", "\"5s\""),
+        ],
+    );
+    assert!(!redis.contains_key("redis_max_len"), "no trimming by default");
+    // --batch-size sizes listener batches too, and the ack timeout follows a short claim TTL.
+    let derived = effective(None, &["--batch-size", "64", "--claim-ttl", "4s"], &[]);
+    assert_settings(&derived, &[("listener_max_batch", "64"), ("batch_size", "64"), ("nats_ack_timeout", "\"2s\"")]);
+}
+
+#[test]
+fn relay_check_shows_what_flags_environment_and_the_config_file_set() {
+    let file = ConfigFile::new(
+        r#"
+[relay]
+batch_size = 100
+listener_max_batch = 16
+listener_linger = "5ms"
+listener_concurrency = 8
+fallback_concurrency = 3
+fallback_stats_interval = "1m"
+retry_initial_backoff = "1s"
+retry_max_backoff = "2m"
+retry_factor = 3
+retry_jitter = false
+shutdown_timeout = "20s"
+nats_window = 64
+nats_ack_timeout = "2s"
+nats_duplicate_window = "20m"
+redis_dedup = "off"
+redis_dedup_window = "1h"
+redis_max_len = 5000
+redis_response_timeout = "250ms"
+redis_connection_timeout = "2s"
+"#,
+    );
+    let nats = effective(
+        Some(&file),
+        &["--listener-max-batch", "32", "--retry-factor", "1.5"],
+        &[("OUTBOX_FALLBACK_CONCURRENCY", "5"), ("OUTBOX_RETRY_JITTER", "true")],
+    );
+    assert_settings(
+        &nats,
+        &[
+            ("listener_max_batch", "32"),  // flag over file
+            ("retry_factor", "1.5"),       // flag over file
+            ("fallback_concurrency", "5"), // environment over file
+            ("retry_jitter", "true"),      // environment over file
+            ("batch_size", "100"),
+            ("listener_linger", "\"5ms\""),
+            ("listener_concurrency", "8"),
+            ("fallback_stats_interval", "\"1m\""),
+            ("retry_initial_backoff", "\"1s\""),
+            ("retry_max_backoff", "\"2m\""),
+            ("shutdown_timeout", "\"20s\""),
+            ("nats_window", "64"),
+            ("nats_ack_timeout", "\"2s\""),
+            ("nats_duplicate_window", "\"20m\""),
+        ],
+    );
+    assert_eq!(effective(Some(&file), &[], &[])["retry_factor"], "3.0", "an integer factor in the file");
+    let redis = effective(
+        Some(&file),
+        &["--bus", "redis", "--redis-dedup", "idmp-or-lua", "--redis-max-len", "1000"],
+        &[("OUTBOX_REDIS_DEDUP_WINDOW", "30m")],
+    );
+    assert_settings(
+        &redis,
+        &[
+            ("redis_dedup", "\"idmp-or-lua\""),
+            ("redis_max_len", "1000"),
+            ("redis_dedup_window", "\"30m\""),
+            ("redis_response_timeout", "\"250ms\""),
+            ("redis_connection_timeout", "\"2s\""),
+        ],
+    );
+
+    // The printout is itself a config file that gives the same settings back.
+    let out = run(&["--config", &file.path(), "relay", "--check", "--bus", "redis"], &[]);
+    let printed = ConfigFile::new(&stdout(&out));
+    let again = run(&["--config", &printed.path(), "relay", "--check"], &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), stdout(&out));
+}
+
+#[test]
+fn bad_relay_settings_name_their_flag_and_config_key() {
+    for (args, needles) in [
+        (vec!["--listener-max-batch", "0"], vec!["`listener.max_batch` must be at least 1", "--listener-max-batch"]),
+        (vec!["--batch-size", "0"], vec!["at least 1", "--batch-size", "relay.batch_size"]),
+        (vec!["--listener-concurrency", "0"], vec!["`listener.concurrency`", "OUTBOX_LISTENER_CONCURRENCY"]),
+        (vec!["--listener-linger", "30s"], vec!["`listener.linger` must be shorter than", "--listener-linger"]),
+        (vec!["--fallback-concurrency", "0"], vec!["`fallback.concurrency`", "relay.fallback_concurrency"]),
+        (vec!["--fallback-stats-interval", "0s"], vec!["`fallback.stats_interval`", "--fallback-stats-interval"]),
+        (vec!["--retry-initial-backoff", "0s"], vec!["`retry.initial_backoff` must be above 0", "--retry-initial"]),
+        (vec!["--retry-initial-backoff", "2m"], vec!["`retry.max_backoff` must be at least", "--retry-max-backoff"]),
+        (vec!["--retry-factor", "0.5"], vec!["`retry.factor`", "--retry-factor", "relay.retry_factor"]),
+        (vec!["--retry-factor", "fast"], vec!["--retry-factor", "fast"]),
+        (vec!["--retry-jitter", "maybe"], vec!["--retry-jitter", "maybe"]),
+        (vec!["--shutdown-timeout", "soon"], vec!["--shutdown-timeout", "soon"]),
+        (vec!["--nats-window", "0"], vec!["`nats.window` must be between 1 and 65536", "--nats-window"]),
+        (vec!["--nats-ack-timeout", "0s"], vec!["`nats.ack_timeout`", "--nats-ack-timeout"]),
+        (vec!["--bus", "redis", "--redis-max-len", "0"], vec!["`redis.max_len`", "--redis-max-len"]),
+        (vec!["--bus", "redis", "--redis-dedup-window", "2d"], vec!["`redis.dedup_window`", "--redis-dedup-window"]),
+        (vec!["--bus", "redis", "--redis-dedup", "maybe"], vec!["--redis-dedup", "maybe"]),
+        (
+            vec!["--bus", "redis", "--redis-response-timeout", "11m"],
+            vec!["`redis.response_timeout`", "--redis-response-timeout"],
+        ),
+        (
+            vec!["--bus", "redis", "--redis-connection-timeout", "0s"],
+            vec!["`redis.connection_timeout`", "relay.redis_connection_timeout"],
+        ),
+    ] {
+        for check in [true, false] {
+            // Without --check too: the relay refuses before connecting to anything.
+            let mut all = vec!["relay"];
+            all.extend(check.then_some("--check"));
+            all.extend(&args);
+            let out = run(&all, &[]);
+            assert_eq!(out.status.code(), Some(2), "{all:?}: {}", stderr(&out));
+            for needle in &needles {
+                assert!(stderr(&out).contains(needle), "{all:?}: no {needle:?} in {}", stderr(&out));
+            }
+        }
+    }
+    for (text, needles) in [
+        ("listener_max_batch = 0", vec!["`listener.max_batch`", "relay.listener_max_batch"]),
+        ("retry_factor = -1.0", vec!["`retry.factor`", "relay.retry_factor"]),
+        ("bus = \"redis\"\nredis_max_len = 0", vec!["`redis.max_len`", "relay.redis_max_len"]),
+        ("listener_linger = \"soon\"", vec!["relay.listener_linger", "soon"]),
+        ("retry_jitter = \"yes\"", vec!["retry_jitter"]),
+        ("listner_linger = \"1s\"", vec!["unknown field", "listner_linger"]),
+    ] {
+        let file = ConfigFile::new(&format!("[relay]\n{text}\n"));
+        let out = run(&["--config", &file.path(), "relay", "--check"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr(&out));
+        for needle in &needles {
+            assert!(stderr(&out).contains(needle), "{text}: no {needle:?} in {}", stderr(&out));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_creates_its_stream_with_the_duplicate_window_asked_for() {
+    let Some(db) = Db::new().await else { return };
+    let client = match outbox::nats::connect(&common::nats_url()).await {
+        Ok(client) => client,
+        Err(e) => {
+            outbox::testkit::unreachable_server::<()>("OUTBOX_TEST_NATS_URL", &common::nats_url(), e);
+            return;
+        }
+    };
+    let suffix = outbox::testkit::unique_suffix();
+    let stream = format!("CLI_DW_{suffix}");
+    let mut env = env_of(&db);
+    env.extend([
+        ("NATS_URL", common::nats_url()),
+        ("OUTBOX_STREAM", stream.clone()),
+        ("OUTBOX_PREFIX", format!("clidw{suffix}.")),
+    ]);
+    let relay = RelayProcess::start(&env, &["--bus", "nats", "--nats-duplicate-window", "20m", "--nats-window", "8"]);
+    let (code, log) = relay.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    let js = outbox::nats::async_nats::jetstream::new(client);
+    let mut created = js.get_stream(&stream).await.expect("the relay created the stream");
+    let window = created.info().await.expect("info").config.duplicate_window;
+    let _ = js.delete_stream(&stream).await;
+    assert_eq!(window, Duration::from_secs(1200), "20m, not the default 10m");
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_max_len_trims_the_streams() {
+    let Some(db) = Db::new().await else { return };
+    let Some(Redis { mut conn, prefix, env }) = Redis::new(&db).await else { return };
+    db.write("orders", 400, 4, 40).await;
+    let relay = RelayProcess::start(
+        &env,
+        &["--bus", "redis", "--redis-max-len", "10", "--redis-dedup", "off", "--min-age", "0s"],
+    );
+    assert!(common::wait_until(Duration::from_secs(30), || async { db.pending().await == 0 }).await, "drained");
+    let (code, log) = relay.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    let stream = format!("{prefix}orders");
+    let len: u64 = outbox::redis::redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
+    let _: i64 = outbox::redis::redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+    // `MAXLEN ~ 10` drops whole stream nodes (100 entries each by default), so about 100 stay.
+    assert!((1..400).contains(&len), "XLEN {len}: 400 were published, trimming keeps fewer");
     db.drop_table().await;
 }

@@ -447,10 +447,10 @@ async fn bad_input_and_config_get_clear_errors_and_lose_nothing() {
     /// Name, arguments, environment, expected exit code, text the error must contain.
     type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, i32, &'a str);
     let cases: Vec<Case> = vec![
-        ("batch size 0", vec!["relay", "--batch-size", "0"], with(&[]), 1, "batch"),
-        ("claim ttl 0", vec!["relay", "--claim-ttl", "0s"], with(&[]), 1, "claim_ttl"),
-        ("interval 0", vec!["relay", "--interval", "0s"], with(&[]), 1, "fallback.interval"),
-        ("max attempts 0", vec!["relay", "--max-attempts", "0"], with(&[]), 1, "max_attempts"),
+        ("batch size 0", vec!["relay", "--batch-size", "0"], with(&[]), 2, "batch"),
+        ("claim ttl 0", vec!["relay", "--claim-ttl", "0s"], with(&[]), 2, "claim_ttl"),
+        ("interval 0", vec!["relay", "--interval", "0s"], with(&[]), 2, "fallback.interval"),
+        ("max attempts 0", vec!["relay", "--max-attempts", "0"], with(&[]), 2, "max_attempts"),
         ("negative duration", vec!["relay", "--min-age=-1s"], with(&[]), 2, "-1s"),
         (
             "unreachable database",

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use outbox::sea_orm::ClaimMode;
-use outbox::{FallbackConfig, ListenerConfig, NoopNotifier, Notifier, OutboxStore, Relay, RelayConfig, Retention};
+use outbox::{NoopNotifier, Notifier, OutboxStore, Relay};
 use sea_orm::DbBackend;
 
 use crate::backends::{self, redact};
-use crate::cli::{BusKind, ClaimModeArg, NotifierKind, RetentionArg};
+use crate::cli::{BusKind, NotifierKind};
 use crate::health;
 use crate::settings::{Common, RelaySettings};
 
@@ -21,21 +20,10 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
     if notifier_kind == NotifierKind::Postgres && !postgres {
         anyhow::bail!("--notifier postgres needs a postgres:// DATABASE_URL");
     }
-    let retention = match s.retention {
-        RetentionArg::Delete => Retention::Delete,
-        RetentionArg::Keep => Retention::KeepPublished,
-    };
-    let claim_mode = match s.claim_mode {
-        ClaimModeArg::Auto => ClaimMode::Auto,
-        ClaimModeArg::Lease => ClaimMode::Lease,
-        ClaimModeArg::Transaction => ClaimMode::Transaction,
-    };
-    let store_config = backends::store_config(common, retention, None).claim_mode(claim_mode);
-    let store: Arc<dyn OutboxStore> = Arc::new(outbox::sea_orm::SqlStore::new(db.clone(), store_config)?);
+    let store: Arc<dyn OutboxStore> = Arc::new(outbox::sea_orm::SqlStore::new(db.clone(), s.store.clone())?);
 
-    let config = relay_config(&s)?;
     let (bus, broker_check) = match s.bus {
-        BusKind::Nats => backends::nats_bus(&s, &config).await?,
+        BusKind::Nats => backends::nats_bus(&s).await?,
         BusKind::Redis => backends::redis_bus(&s).await?,
     };
     let notifier: Arc<dyn Notifier> = match notifier_kind {
@@ -57,7 +45,7 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
         None => None,
     };
 
-    let handle = Relay::builder(store, bus).notifier(notifier).config(config).build()?.spawn();
+    let handle = Relay::builder(store, bus).notifier(notifier).config(s.relay.clone()).build()?.spawn();
     tracing::info!(
         database = %redact(common.database_url.as_deref().unwrap_or_default()),
         bus = ?s.bus,
@@ -71,32 +59,6 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
         task.abort();
     }
     Ok(())
-}
-
-fn relay_config(s: &RelaySettings) -> anyhow::Result<RelayConfig> {
-    let mut config = RelayConfig::default();
-    let mut listener = ListenerConfig::default();
-    let mut fallback = FallbackConfig::default();
-    if let Some(n) = s.batch_size {
-        listener = listener.max_batch(n);
-        fallback = fallback.batch_size(n);
-    }
-    if let Some(d) = s.interval {
-        fallback = fallback.interval(d);
-    }
-    if let Some(d) = s.min_age {
-        fallback = fallback.min_age(d);
-    }
-    config.listener = Some(listener);
-    config.fallback = Some(fallback);
-    if let Some(d) = s.claim_ttl {
-        config.claim_ttl = d;
-    }
-    if let Some(n) = s.max_attempts {
-        config.retry = config.retry.max_attempts(n);
-    }
-    config.validate()?;
-    Ok(config)
 }
 
 async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
