@@ -65,17 +65,22 @@ pub(crate) async fn nats_bus(s: &RelaySettings) -> anyhow::Result<BusAndCheck> {
     let bus = outbox::nats::JetStreamBus::builder(client.clone()).config(s.nats.clone()).build()?;
     // An empty stream name means the streams are managed elsewhere.
     if !s.stream.is_empty() {
-        let spec =
-            outbox::nats::StreamSpec::new(&s.stream, [format!("{}>", s.prefix)]).duplicate_window(s.duplicate_window);
-        let stream = outbox::nats::ensure_stream(bus.context(), &spec)
+        // `for_relay` makes a new stream's window long enough and warns about an existing one
+        // that keeps less: the relay still works, redeliveries may just escape dedup.
+        let spec = outbox::nats::StreamSpec::new(&s.stream, [format!("{}>", s.prefix)])
+            .duplicate_window(s.duplicate_window)
+            .for_relay(&s.relay);
+        outbox::nats::ensure_stream(bus.context(), &spec)
             .await
             .with_context(|| format!("cannot set up JetStream stream `{}` at {}", s.stream, redact(&s.nats_url)))?;
-        // Only a warning: the relay still works, redeliveries may just escape dedup.
-        let _ = outbox::nats::check_duplicate_window(&stream, &s.relay);
     }
+    let streams = bus.clone();
     let check: BrokerCheck = Arc::new(move || {
         let up = client.connection_state() == outbox::nats::async_nats::connection::State::Connected;
-        Box::pin(async move { if up { Ok(()) } else { Err("NATS is disconnected".to_owned()) } })
+        // A missing stream is retried, not dead-lettered at once: health is where it shows.
+        let result =
+            if !up { Err("NATS is disconnected".to_owned()) } else { streams.health().map_err(|e| e.to_string()) };
+        Box::pin(async move { result })
     });
     Ok((Arc::new(bus), check))
 }

@@ -205,13 +205,13 @@ pub(crate) struct RelayArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum RedisDedupArg {
-    /// IDMP on Redis >= 8.6, else none.
+    /// IDMP on Redis >= 8.6, else the Lua script.
     Auto,
     /// None: a redelivery after a crash appends a second entry.
     Off,
     /// An atomic Lua script (any Redis).
     Lua,
-    /// IDMP on Redis >= 8.6, else the Lua script.
+    /// Same as auto.
     IdmpOrLua,
 }
 

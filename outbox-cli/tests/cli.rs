@@ -206,8 +206,42 @@ async fn health_endpoint_reports_database_and_broker() {
     let body = get().await.unwrap_or_default();
     assert!(ok, "{body}");
     assert!(body.contains("\"database\":{\"ok\":true}") && body.contains("\"broker\":{\"ok\":true}"), "{body}");
+    assert!(body.contains("\"relay\":{\"ok\":true}"), "{body}");
     relay.terminate().await;
     sink.delete().await;
+    db.drop_table().await;
+}
+
+/// A relay deployed before its stream exists retries instead of dead-lettering, and its
+/// health endpoint says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_while_no_stream_takes_the_relays_subjects() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(db) = Db::new().await else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prefix = format!("nostream{}.", outbox::testkit::unique_suffix());
+    let mut env = env_of(&db);
+    // An empty stream name: streams are managed elsewhere, and nobody made one.
+    env.extend([("NATS_URL", common::nats_url()), ("OUTBOX_STREAM", String::new()), ("OUTBOX_PREFIX", prefix.clone())]);
+    let addr = format!("127.0.0.1:{port}");
+    let relay = RelayProcess::start(&env, &["--health-addr", &addr]);
+    db.write("orders", 3, 3, 3).await;
+    let get = || async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let failing = common::wait_until(Duration::from_secs(20), || async {
+        get().await.is_some_and(|b| b.contains("503 Service Unavailable") && b.contains(&format!("{prefix}orders")))
+    })
+    .await;
+    let body = get().await.unwrap_or_default();
+    assert!(failing, "{body}");
+    assert!(body.contains("\"database\":{\"ok\":true}") && body.contains("\"relay\":{\"ok\":true}"), "{body}");
+    assert_eq!(db.pending().await, 3, "retried, not dead-lettered");
+    relay.terminate().await;
     db.drop_table().await;
 }
 

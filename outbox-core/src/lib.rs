@@ -14,7 +14,7 @@ pub mod testkit;
 
 pub use bus::{Bus, PublishOutcome};
 pub use config::{FallbackConfig, ListenerConfig, RelayConfig, RetryPolicy};
-pub use engine::{Relay, RelayBuilder, RelayHandle, RelayStats};
+pub use engine::{Relay, RelayBuilder, RelayHandle, RelayHealth, RelayStats};
 pub use error::{BoxError, Error, Result};
 pub use memory::{MemoryBus, MemoryStore};
 pub use message::{Codec, Headers, JsonCodec, MessageId, NewMessage, OutboxEvent, OutboxMessage, UnixMillis};

@@ -40,12 +40,12 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(%addr, "serving Prometheus metrics");
     }
+    let relay = Relay::builder(store.clone(), bus).notifier(notifier).config(s.relay.clone()).build()?;
+    let handle = relay.spawn();
     let health_task = match s.health_addr {
-        Some(addr) => Some(health::serve(addr, store.clone(), broker_check).await?),
+        Some(addr) => Some(health::serve(addr, store, broker_check, handle.health_probe()).await?),
         None => None,
     };
-
-    let handle = Relay::builder(store, bus).notifier(notifier).config(s.relay.clone()).build()?.spawn();
     tracing::info!(
         database = %redact(common.database_url.as_deref().unwrap_or_default()),
         bus = ?s.bus,

@@ -7,4 +7,4 @@ mod listener;
 mod relay;
 
 pub use batch::RelayStats;
-pub use relay::{Relay, RelayBuilder, RelayHandle};
+pub use relay::{Relay, RelayBuilder, RelayHandle, RelayHealth};

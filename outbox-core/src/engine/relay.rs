@@ -76,7 +76,7 @@ impl Relay {
             stats: stats.clone(),
         });
         let sweep_now = Arc::new(Notify::new());
-        let health = Arc::new(Health::default());
+        let health = Arc::new(EngineHealth::default());
         let mut engines = JoinSet::new();
         if let Some(cfg) = self.config.listener.clone() {
             let run = listener::run(pipeline.clone(), self.notifier, cfg, cancel.clone());
@@ -97,11 +97,11 @@ impl Relay {
 
 /// Engines that stopped on their own, for [`RelayHandle::health`].
 #[derive(Debug, Default)]
-struct Health {
+struct EngineHealth {
     stopped: Mutex<Vec<(&'static str, String)>>,
 }
 
-impl Health {
+impl EngineHealth {
     fn first_stopped(&self) -> Result<()> {
         let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
         match stopped.first() {
@@ -116,7 +116,7 @@ impl Health {
 async fn supervise(
     engine: &'static str,
     run: impl Future<Output = ()>,
-    health: Arc<Health>,
+    health: Arc<EngineHealth>,
     cancel: CancellationToken,
 ) {
     let reason = match AssertUnwindSafe(run).catch_unwind().await {
@@ -192,6 +192,17 @@ impl RelayBuilder {
     }
 }
 
+/// Whether a relay's engines still run; see [`RelayHandle::health_probe`].
+#[derive(Clone, Debug)]
+pub struct RelayHealth(Arc<EngineHealth>);
+
+impl RelayHealth {
+    /// Same as [`RelayHandle::health`].
+    pub fn check(&self) -> Result<()> {
+        self.0.first_stopped()
+    }
+}
+
 /// A running relay.
 ///
 /// Dropping it does not stop the engines: they keep running, unstoppable, until the runtime
@@ -203,7 +214,7 @@ pub struct RelayHandle {
     cancel: CancellationToken,
     engines: JoinSet<()>,
     stats: Arc<RelayStats>,
-    health: Arc<Health>,
+    health: Arc<EngineHealth>,
     sweep_now: Arc<Notify>,
     shutdown_timeout: Duration,
 }
@@ -219,6 +230,12 @@ impl RelayHandle {
     /// health endpoint: a relay whose listener died still sweeps, but slowly.
     pub fn health(&self) -> Result<()> {
         self.health.first_stopped()
+    }
+
+    /// A cheap, cloneable view of [`health`](RelayHandle::health) for a health endpoint that
+    /// outlives borrows of the handle (which [`shutdown`](RelayHandle::shutdown) consumes).
+    pub fn health_probe(&self) -> RelayHealth {
+        RelayHealth(self.health.clone())
     }
 
     /// Asks the fallback to sweep now instead of at its next tick.
