@@ -47,6 +47,8 @@ pub(crate) enum Command {
     Dead(DeadCommand),
     /// Delete published rows (kept by `--retention keep`) older than a duration, in bounded batches.
     PurgePublished(PurgeArgs),
+    /// Serve the operator dashboard: the outbox in a web page, and its JSON API under /api.
+    Dashboard(DashboardArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -136,6 +138,13 @@ pub(crate) struct RelayArgs {
     /// Serve GET /health on this address (database and broker reachability).
     #[arg(long, env = "OUTBOX_HEALTH_ADDR")]
     pub(crate) health_addr: Option<SocketAddr>,
+    /// Serve the operator dashboard on this address beside the relay, e.g. 127.0.0.1:8081; its
+    /// chart then shows this relay's own published counter.
+    #[arg(long, env = "OUTBOX_DASHBOARD_ADDR")]
+    pub(crate) dashboard_addr: Option<SocketAddr>,
+    /// Token that allows the dashboard's replay and purge (unset: read-only dashboard).
+    #[arg(long, env = "OUTBOX_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub(crate) dashboard_token: Option<String>,
     /// How long a shutdown waits for in-flight batches, e.g. 10s.
     #[arg(long, env = "OUTBOX_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     pub(crate) shutdown_timeout: Option<Duration>,
@@ -213,6 +222,17 @@ pub(crate) enum RedisDedupArg {
     Lua,
     /// Same as auto.
     IdmpOrLua,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// Address to serve on. Keep it on loopback (the default) or behind a proxy that adds TLS.
+    #[arg(long, env = "OUTBOX_DASHBOARD_ADDR", default_value = "127.0.0.1:8081")]
+    pub(crate) addr: SocketAddr,
+    /// Token that allows replay and purge: as `Authorization: Bearer …` on /api, or through the
+    /// page's log-in. Unset: the dashboard is read-only.
+    #[arg(long, env = "OUTBOX_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Args)]

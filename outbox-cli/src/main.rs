@@ -3,6 +3,7 @@
 mod backends;
 mod cli;
 mod commands;
+mod dashboard;
 mod health;
 mod settings;
 
@@ -86,5 +87,6 @@ async fn run(cli: Cli, relay: Option<settings::RelaySettings>, common: settings:
         Command::Status(args) => commands::status::run(&*backends::store(&common).await?, args).await,
         Command::Dead(cmd) => commands::dead::run(&*backends::store(&common).await?, cmd).await,
         Command::PurgePublished(args) => commands::purge::run(&*backends::store(&common).await?, args).await,
+        Command::Dashboard(args) => commands::dashboard::run(&common, args).await,
     }
 }

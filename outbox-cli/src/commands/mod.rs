@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod dashboard;
 pub(crate) mod dead;
 pub(crate) mod migrate;
 pub(crate) mod purge;

@@ -8,6 +8,8 @@ use sea_orm::DbBackend;
 
 use crate::backends::{self, redact};
 use crate::cli::{BusKind, NotifierKind};
+use crate::dashboard::series::{self, Series, Source};
+use crate::dashboard::{self, Dashboard};
 use crate::health;
 use crate::settings::{Common, RelaySettings};
 
@@ -43,7 +45,15 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
     let relay = Relay::builder(store.clone(), bus).notifier(notifier).config(s.relay.clone()).build()?;
     let handle = relay.spawn();
     let health_task = match s.health_addr {
-        Some(addr) => Some(health::serve(addr, store, broker_check, handle.health_probe()).await?),
+        Some(addr) => Some(health::serve(addr, store.clone(), broker_check, handle.health_probe()).await?),
+        None => None,
+    };
+    let dashboard = match s.dashboard_addr {
+        Some(addr) => {
+            let series = Series::new(Source::Relay);
+            let app = Dashboard::new(store.clone(), s.dashboard_token.clone(), series.clone()).router();
+            Some((dashboard::serve(addr, app).await?, series))
+        }
         None => None,
     };
     tracing::info!(
@@ -52,16 +62,26 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
         notifier = ?notifier_kind,
         "relay running; SIGINT or SIGTERM stops it"
     );
-    wait_for_signal(&mut term).await?;
+    match &dashboard {
+        // The chart samples the relay's own counter, which lives as long as the handle.
+        Some((_, samples)) => tokio::select! {
+            r = wait_for_signal(&mut term) => r?,
+            () = series::sample(samples.clone(), store.clone(), Some(handle.stats()), None) => {}
+        },
+        None => wait_for_signal(&mut term).await?,
+    }
     tracing::info!("shutting down: draining in-flight batches");
     handle.shutdown().await?;
     if let Some(task) = health_task {
         task.abort();
     }
+    if let Some((task, _)) = dashboard {
+        task.abort();
+    }
     Ok(())
 }
 
-async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_signal(term: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
         _ = term.recv() => {}
