@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod consumer;
 mod engine;
 pub mod error;
 pub mod memory;
