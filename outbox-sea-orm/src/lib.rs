@@ -6,6 +6,7 @@ mod connect;
 mod decode;
 mod enqueue;
 pub mod error;
+pub mod inbox;
 #[cfg(feature = "postgres")]
 mod held;
 mod migration;
