@@ -1,6 +1,6 @@
 //! `outbox dead list | show | replay | purge`
 
-use outbox::{DeadLetter, DeadLetterQuery, MessageId, OutboxStore, ReplaySelector};
+use outbox::{DeadLetter, DeadLetterQuery, MessageId, OutboxAdmin, ReplaySelector};
 use serde::Serialize;
 
 use crate::cli::DeadCommand;
@@ -33,7 +33,7 @@ impl From<&DeadLetter> for DeadView {
     }
 }
 
-pub(crate) async fn run(store: &dyn OutboxStore, command: &DeadCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(store: &dyn OutboxAdmin, command: &DeadCommand) -> anyhow::Result<()> {
     match command {
         DeadCommand::List { topic, limit, json } => {
             let query = DeadLetterQuery { topic: topic.clone(), limit: *limit, ..DeadLetterQuery::default() };

@@ -3,11 +3,11 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use outbox::OutboxStore;
+use outbox::OutboxAdmin;
 
 use crate::cli::PurgeArgs;
 
-pub(crate) async fn run(store: &dyn OutboxStore, args: &PurgeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(store: &dyn OutboxAdmin, args: &PurgeArgs) -> anyhow::Result<()> {
     let progress = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new_spinner();
         bar.set_style(ProgressStyle::with_template("{spinner} purged {pos} rows ({per_sec})")?);

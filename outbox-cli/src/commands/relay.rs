@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use outbox::{NoopNotifier, Notifier, OutboxStore, Relay};
+use outbox::{NoopNotifier, Notifier, OutboxAdmin, OutboxStore, Relay};
 use sea_orm::DbBackend;
 
 use crate::backends::{self, redact};
@@ -22,7 +22,8 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
     if notifier_kind == NotifierKind::Postgres && !postgres {
         anyhow::bail!("--notifier postgres needs a postgres:// DATABASE_URL");
     }
-    let store: Arc<dyn OutboxStore> = Arc::new(outbox::sea_orm::SqlStore::new(db.clone(), s.store.clone())?);
+    let admin: Arc<dyn OutboxAdmin> = Arc::new(outbox::sea_orm::SqlStore::new(db.clone(), s.store.clone())?);
+    let store: Arc<dyn OutboxStore> = admin.clone();
 
     let (bus, broker_check) = match s.bus {
         BusKind::Nats => backends::nats_bus(&s).await?,
@@ -51,7 +52,7 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
     let dashboard = match s.dashboard_addr {
         Some(addr) => {
             let series = Series::new(Source::Relay);
-            let app = Dashboard::new(store.clone(), s.dashboard_token.clone(), series.clone()).router();
+            let app = Dashboard::new(admin.clone(), s.dashboard_token.clone(), series.clone()).router();
             Some((dashboard::serve(addr, app).await?, series))
         }
         None => None,
@@ -66,7 +67,7 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
         // The chart samples the relay's own counter, which lives as long as the handle.
         Some((_, samples)) => tokio::select! {
             r = wait_for_signal(&mut term) => r?,
-            () = series::sample(samples.clone(), store.clone(), Some(handle.stats()), None) => {}
+            () = series::sample(samples.clone(), admin.clone(), Some(handle.stats()), None) => {}
         },
         None => wait_for_signal(&mut term).await?,
     }

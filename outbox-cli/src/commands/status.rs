@@ -1,6 +1,6 @@
 //! `outbox status`
 
-use outbox::OutboxStore;
+use outbox::OutboxAdmin;
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
@@ -20,7 +20,7 @@ struct KeyBacklog {
     pending: u64,
 }
 
-pub(crate) async fn run(store: &dyn OutboxStore, args: &StatusArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(store: &dyn OutboxAdmin, args: &StatusArgs) -> anyhow::Result<()> {
     let stats = store.stats().await?;
     let keys = store.key_backlog(args.top).await?;
     let status = Status {

@@ -15,7 +15,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 /// Name of the session cookie.
 pub(crate) const COOKIE: &str = "outbox_session";
@@ -59,17 +58,6 @@ impl Denied {
             Self::Unauthenticated => "a valid bearer token or login session is required",
             Self::Csrf => "missing or wrong CSRF token",
         }
-    }
-}
-
-impl IntoResponse for Denied {
-    fn into_response(self) -> Response {
-        let body = axum::Json(serde_json::json!({ "error": self.message() }));
-        let mut response = (self.status(), body).into_response();
-        if self == Self::Unauthenticated {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        }
-        response
     }
 }
 

@@ -16,13 +16,13 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use outbox::OutboxStore;
+use outbox::OutboxAdmin;
 
 use self::auth::Auth;
 use self::series::Series;
 
 /// The store as the dashboard uses it (stats, key backlog and dead letters).
-pub(crate) type Store = Arc<dyn OutboxStore>;
+pub(crate) type Store = Arc<dyn OutboxAdmin>;
 
 /// Everything a handler needs.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox::{OutboxStore, RelayStats};
+use outbox::RelayStats;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 
@@ -106,7 +106,7 @@ impl PublishedRows {
 /// Samples once a second until dropped. `relay` is the serving relay's counter, if any.
 pub(crate) async fn sample(
     series: Arc<Series>,
-    store: Arc<dyn OutboxStore>,
+    store: super::Store,
     relay: Option<&RelayStats>,
     rows: Option<PublishedRows>,
 ) {

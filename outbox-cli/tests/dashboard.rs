@@ -1,0 +1,257 @@
+//! `outbox dashboard` over HTTP against a real Postgres outbox: the views match the store,
+//! every mutation is guarded (token, session + CSRF, origin), read-only mode, and escaping.
+
+mod common;
+mod dashboard_support;
+
+use std::time::Duration;
+
+use common::{Db, wait_until};
+use outbox::OutboxStore;
+use dashboard_support::{Served, client, counts, csrf_in, dead_letter};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const TOKEN: &str = "correct-horse-battery-staple";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_views_match_the_store() {
+    let Some(db) = Db::new().await else { return };
+    db.write("orders", 7, 2, 7).await;
+    let json_dead = dead_letter(&db, "billing", "acct-1", r#"{"amount":12,"items":[1,2]}"#, "broker said no").await;
+    let text_dead = dead_letter(&db, "mail", "acct-2", "plain text", "timeout").await;
+    let served = Served::dashboard(&db, &[]).await;
+    let http = client();
+
+    let stats: Value = http.get(served.url("/api/stats")).send().await.unwrap().json().await.unwrap();
+    let s = db.store.stats().await.unwrap();
+    assert_eq!(stats["pending"], s.pending);
+    assert_eq!(stats["claimed"], s.claimed);
+    assert_eq!(stats["dead"], 2);
+    assert_eq!(stats["read_only"], true);
+    assert!(stats["oldest_pending_age_seconds"].as_f64().is_some());
+
+    let keys: Value = http.get(served.url("/api/keys?limit=1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(keys, serde_json::json!([{ "key": "key-0", "pending": 4 }]));
+
+    let all: Value = http.get(served.url("/api/dead")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let billing: Value = http.get(served.url("/api/dead?topic=billing")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(billing.as_array().unwrap().len(), 1);
+    assert_eq!(billing[0]["id"], json_dead.to_string());
+    assert_eq!(billing[0]["last_error"], "broker said no");
+    assert_eq!(billing[0]["attempts"], 1);
+
+    let one: Value =
+        http.get(served.url(&format!("/api/dead/{json_dead}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(one["payload_kind"], "json");
+    assert_eq!(one["payload"], "{\n  \"amount\": 12,\n  \"items\": [\n    1,\n    2\n  ]\n}");
+    let text: Value =
+        http.get(served.url(&format!("/api/dead/{text_dead}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!((text["payload_kind"].as_str(), text["payload"].as_str()), (Some("text"), Some("plain text")));
+    let missing = http.get(served.url(&format!("/api/dead/{}", outbox::MessageId::new()))).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let bad = http.get(served.url("/api/dead/not-a-uuid")).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // The sampler records the pending count every second.
+    let pending = s.pending;
+    let sampled = wait_until(Duration::from_secs(10), || async {
+        let series: Value = http.get(served.url("/api/series")).send().await.unwrap().json().await.unwrap();
+        series["source"] == "database" && series["points"].as_array().unwrap().iter().any(|p| p["pending"] == pending)
+    })
+    .await;
+    assert!(sampled, "the series samples the pending count");
+
+    // The page shows the same figures.
+    let page = http.get(served.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("id=\"stat-pending\">{pending}<")), "{page}");
+    assert!(page.contains("id=\"stat-dead\">2<"), "{page}");
+    assert!(page.contains("<code>key-0</code>"), "{page}");
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_mutations_need_the_token_and_the_same_origin() {
+    let Some(db) = Db::new().await else { return };
+    let id = dead_letter(&db, "billing", "k", "{}", "boom").await;
+    let served = Served::dashboard(&db, &["--token", TOKEN]).await;
+    let http = client();
+    let replay = served.url(&format!("/api/dead/{id}/replay"));
+    let before = counts(&db).await;
+
+    let none = http.post(&replay).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    let wrong = http.post(&replay).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let purge = http.post(served.url("/api/dead/purge?older_than=0s")).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(purge.status(), StatusCode::UNAUTHORIZED);
+    // A mutation is never a GET.
+    assert_eq!(http.get(&replay).bearer_auth(TOKEN).send().await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+    // The right token from another site is refused.
+    let evil = http.post(&replay).bearer_auth(TOKEN).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(evil.status(), StatusCode::FORBIDDEN);
+    let site = http.post(&replay).bearer_auth(TOKEN).header("sec-fetch-site", "cross-site").send().await.unwrap();
+    assert_eq!(site.status(), StatusCode::FORBIDDEN);
+    assert_eq!(counts(&db).await, before, "nothing changed");
+    let topic = http.post(served.url("/api/dead/replay")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(topic.status(), StatusCode::BAD_REQUEST, "a topic or all=true is required");
+
+    let ok = http.post(&replay).bearer_auth(TOKEN).header("origin", &served.base).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.json::<Value>().await.unwrap()["replayed"], 1);
+    assert_eq!(counts(&db).await, (before.0 + 1, before.1 - 1), "the dead letter is pending again");
+    let again = http.post(&replay).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND, "no longer dead");
+
+    dead_letter(&db, "mail", "m", "x", "e").await;
+    dead_letter(&db, "mail", "m2", "y", "e").await;
+    let by_topic = http.post(served.url("/api/dead/replay?topic=mail")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(by_topic.json::<Value>().await.unwrap()["replayed"], 2);
+    dead_letter(&db, "mail", "m3", "z", "e").await;
+    let purged = http.post(served.url("/api/dead/purge?older_than=0s")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(purged.json::<Value>().await.unwrap()["purged"], 1);
+    assert_eq!(counts(&db).await.1, 0);
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_need_a_session_and_its_csrf_token() {
+    let Some(db) = Db::new().await else { return };
+    let id = dead_letter(&db, "billing", "k", "{}", "boom").await;
+    let served = Served::dashboard(&db, &["--token", TOKEN]).await;
+    let http = client();
+    let before = counts(&db).await;
+
+    // Not logged in: no buttons, a log-in link, and a form post is refused.
+    let page = http.get(served.url("/dead")).send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains("name=\"csrf\""), "no forms before logging in");
+    assert!(page.contains("href=\"/login\""));
+    let anon = http.post(served.url(&format!("/dead/{id}/replay"))).form(&[("csrf", "x")]).send().await.unwrap();
+    assert_eq!(anon.status(), StatusCode::UNAUTHORIZED);
+
+    let bad = http.post(served.url("/login")).form(&[("token", "wrong")]).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    assert!(bad.headers().get("set-cookie").is_none());
+    let cross = http
+        .post(served.url("/login"))
+        .header("origin", "http://evil.example")
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN, "no log-in from another site");
+
+    let login = http.post(served.url("/login")).form(&[("token", TOKEN)]).send().await.unwrap();
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+
+    let page = http.get(served.url("/dead")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let csrf = csrf_in(&page).expect("a CSRF token in the forms");
+    assert!(page.contains(&format!("id=\"replay-{id}\"")), "a replay button");
+    let form = served.url(&format!("/dead/{id}/replay"));
+
+    let no_csrf = http.post(&form).header("cookie", &cookie).form(&[("x", "1")]).send().await.unwrap();
+    assert_eq!(no_csrf.status(), StatusCode::FORBIDDEN);
+    let wrong_csrf = http.post(&form).header("cookie", &cookie).form(&[("csrf", "0000")]).send().await.unwrap();
+    assert_eq!(wrong_csrf.status(), StatusCode::FORBIDDEN);
+    let bad_origin = http
+        .post(&form)
+        .header("cookie", &cookie)
+        .header("origin", "http://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_origin.status(), StatusCode::FORBIDDEN);
+    let api_no_csrf =
+        http.post(served.url(&format!("/api/dead/{id}/replay"))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(api_no_csrf.status(), StatusCode::FORBIDDEN, "the API takes a session only with X-CSRF-Token");
+    assert_eq!(counts(&db).await, before, "nothing changed");
+
+    let ok = http
+        .post(&form)
+        .header("cookie", &cookie)
+        .header("origin", &served.base)
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let to = ok.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with("/dead?notice=Replayed%201"), "{to}");
+    assert_eq!(counts(&db).await, (before.0 + 1, before.1 - 1), "pending again");
+    let page = http.get(served.url(&to)).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("it is pending again"), "{page}");
+
+    // Logging out ends the session.
+    let out = http.post(served.url("/logout")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let other = dead_letter(&db, "billing", "k2", "{}", "boom").await;
+    let after = http
+        .post(served.url(&format!("/dead/{other}/replay")))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_dashboard_is_read_only() {
+    let Some(db) = Db::new().await else { return };
+    let id = dead_letter(&db, "billing", "k", "{}", "boom").await;
+    let served = Served::dashboard(&db, &[]).await;
+    let http = client();
+    let before = counts(&db).await;
+
+    for path in ["/", "/dead", &format!("/dead/{id}"), "/keys"] {
+        let page = http.get(served.url(path)).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("id=\"read-only\""), "{path} says it is read-only: {page}");
+        assert!(page.contains("replay and purge are disabled"), "{path}");
+        assert!(!page.contains("name=\"csrf\""), "{path} has no forms");
+    }
+    for path in [format!("/api/dead/{id}/replay"), "/api/dead/replay?all=true".into(), "/api/dead/purge?older_than=0s".into()]
+    {
+        let r = http.post(served.url(&path)).bearer_auth("anything").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+        assert!(r.text().await.unwrap().contains("read-only"));
+    }
+    let form = http.post(served.url(&format!("/dead/{id}/replay"))).form(&[("csrf", "x")]).send().await.unwrap();
+    assert_eq!(form.status(), StatusCode::FORBIDDEN);
+    let login = http.post(served.url("/login")).form(&[("token", "")]).send().await.unwrap();
+    assert_eq!(login.status(), StatusCode::FORBIDDEN);
+    assert_eq!(counts(&db).await, before, "nothing changed");
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_and_errors_are_escaped() {
+    let Some(db) = Db::new().await else { return };
+    let payload = "<script>document.title='pwned'</script>";
+    let error = "bad <img src=x onerror=alert(1)> & more";
+    let id = dead_letter(&db, "<b>topic</b>", "<i>key</i>", payload, error).await;
+    let served = Served::dashboard(&db, &["--token", TOKEN]).await;
+    let http = client();
+
+    let one = http.get(served.url(&format!("/dead/{id}"))).send().await.unwrap();
+    let csp = one.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let page = one.text().await.unwrap();
+    assert!(page.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt;"), "{page}");
+    assert!(page.contains("bad &lt;img src=x onerror=alert(1)&gt; &amp; more"), "{page}");
+    assert!(page.contains("&lt;b&gt;topic&lt;/b&gt;"));
+    for raw in ["<script>document", "<img src=x", "<b>topic", "<i>key"] {
+        assert!(!page.contains(raw), "{raw} appears unescaped");
+    }
+    let list = http.get(served.url("/dead")).send().await.unwrap().text().await.unwrap();
+    assert!(list.contains("bad &lt;img src=x onerror=alert(1)&gt;"), "{list}");
+    assert!(!list.contains("<img src=x"));
+    db.drop_table().await;
+}
