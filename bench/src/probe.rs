@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox::sea_orm::SqlStore;
-use outbox::{
-    DeadLetter, DeadLetterQuery, Failure, Lease, MessageId, NewMessage, OutboxMessage, OutboxStats, OutboxStore,
-    ReplaySelector, Result,
-};
+use outbox::{Failure, Lease, MessageId, NewMessage, OutboxMessage, OutboxStats, OutboxStore, Result};
 
 /// When each message id was seen.
 pub(crate) type Stamps = Arc<Mutex<HashMap<MessageId, Instant>>>;
@@ -79,25 +76,5 @@ impl OutboxStore for ProbeStore {
     async fn stats(&self) -> Result<OutboxStats> {
         self.hit("stats");
         self.inner.stats().await
-    }
-    async fn key_backlog(&self, n: usize) -> Result<Vec<(String, u64)>> {
-        self.hit("key_backlog");
-        self.inner.key_backlog(n).await
-    }
-    async fn dead_letters(&self, q: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
-        self.hit("dead_letters");
-        self.inner.dead_letters(q).await
-    }
-    async fn replay(&self, s: &ReplaySelector) -> Result<u64> {
-        self.hit("replay");
-        self.inner.replay(s).await
-    }
-    async fn purge_dead(&self, d: Duration) -> Result<u64> {
-        self.hit("purge_dead");
-        self.inner.purge_dead(d).await
-    }
-    async fn purge_published(&self, d: Duration, n: usize) -> Result<u64> {
-        self.hit("purge_published");
-        self.inner.purge_published(d, n).await
     }
 }

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Db, NatsSink, Proxy, RelayProcess, Verdict, full_scale, host_port, via};
-use outbox::{MessageId, NewMessage, OutboxStore};
+use outbox::{MessageId, NewMessage, OutboxAdmin, OutboxStore};
 
 /// The poison-latency test runs alone (write); the others share the machine (read).
 static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());

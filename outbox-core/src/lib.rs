@@ -21,5 +21,6 @@ pub use memory::{MemoryBus, MemoryStore};
 pub use message::{Codec, Headers, JsonCodec, MessageId, NewMessage, OutboxEvent, OutboxMessage, UnixMillis};
 pub use notify::{ChannelNotifier, NoopNotifier, Notice, NoticeStream, Notifier};
 pub use store::{
-    DeadLetter, DeadLetterQuery, Disposition, Failure, Lease, OutboxStats, OutboxStore, ReplaySelector, Retention,
+    DeadLetter, DeadLetterQuery, Disposition, Failure, Lease, OutboxAdmin, OutboxStats, OutboxStore, ReplaySelector,
+    Retention,
 };

@@ -14,7 +14,8 @@ use crate::bus::{Bus, PublishOutcome};
 use crate::error::{Error, Result};
 use crate::message::{MessageId, NewMessage, OutboxMessage, UnixMillis, duration_millis, now_millis};
 use crate::store::{
-    DeadLetter, DeadLetterQuery, Disposition, Failure, Lease, OutboxStats, OutboxStore, ReplaySelector, Retention,
+    DeadLetter, DeadLetterQuery, Disposition, Failure, Lease, OutboxAdmin, OutboxStats, OutboxStore, ReplaySelector,
+    Retention,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +251,10 @@ impl OutboxStore for MemoryStore {
         s.oldest_pending_age = oldest.map(|c| Duration::from_millis((now - c).max(0) as u64));
         Ok(s)
     }
+}
 
+#[async_trait]
+impl OutboxAdmin for MemoryStore {
     async fn key_backlog(&self, limit: usize) -> Result<Vec<(String, u64)>> {
         let st = self.lock();
         let mut counts: HashMap<&str, u64> = HashMap::new();

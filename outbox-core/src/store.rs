@@ -109,7 +109,7 @@ pub enum ReplaySelector {
     All,
 }
 
-/// Storage as the relay sees it.
+/// Storage as the relay sees it: enqueue, claim, settle, and the counts its gauges report.
 ///
 /// Rules every implementation keeps (the `testkit` conformance suite checks them):
 /// - A claim is exclusive across processes until its lease expires.
@@ -151,7 +151,13 @@ pub trait OutboxStore: Send + Sync + Debug + 'static {
 
     /// Counts for monitoring.
     async fn stats(&self) -> Result<OutboxStats>;
+}
 
+/// What operators need besides the relay's methods: per-key backlog, dead letters, replay and
+/// purges. The `outbox` CLI and dashboard use it; a relay needs only [`OutboxStore`]. An
+/// `Arc<dyn OutboxAdmin>` coerces to the `Arc<dyn OutboxStore>` a relay takes.
+#[async_trait]
+pub trait OutboxAdmin: OutboxStore {
     /// The keys with the most pending messages, largest first.
     async fn key_backlog(&self, limit: usize) -> Result<Vec<(String, u64)>>;
 

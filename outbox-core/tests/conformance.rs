@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::testkit::bus::{BusFixture, BusProbe, Received};
-use outbox_core::{MemoryBus, MemoryStore, OutboxStore, Retention};
+use outbox_core::{MemoryBus, MemoryStore, OutboxAdmin, Retention};
 
-async fn memory_store(retention: Retention) -> Arc<dyn OutboxStore> {
+async fn memory_store(retention: Retention) -> Arc<dyn OutboxAdmin> {
     Arc::new(MemoryStore::with_retention(retention))
 }
 

@@ -12,7 +12,7 @@ use common::CountingStore;
 use outbox_core::testkit::eventually;
 use outbox_core::{
     Bus, ChannelNotifier, Error, FallbackConfig, ListenerConfig, MemoryBus, MemoryStore, MessageId, NewMessage,
-    Notifier, OutboxMessage, OutboxStore, PublishOutcome, Relay, RelayBuilder, RetryPolicy,
+    Notifier, OutboxAdmin, OutboxMessage, OutboxStore, PublishOutcome, Relay, RelayBuilder, RetryPolicy,
 };
 use tokio::sync::Notify;
 

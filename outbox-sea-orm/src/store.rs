@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{
-    DeadLetter, DeadLetterQuery, Disposition, Error, Failure, Lease, MessageId, NewMessage, Notifier, OutboxMessage,
-    OutboxStats, OutboxStore, ReplaySelector, Result, Retention, UnixMillis,
+    DeadLetter, DeadLetterQuery, Disposition, Error, Failure, Lease, MessageId, NewMessage, Notifier, OutboxAdmin,
+    OutboxMessage, OutboxStats, OutboxStore, ReplaySelector, Result, Retention, UnixMillis,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, IsolationLevel, QueryResult, TransactionTrait};
 use uuid::Uuid;
@@ -672,7 +672,10 @@ impl OutboxStore for SqlStore {
             oldest_pending_age: oldest.map(|c| age_since(now, c)),
         })
     }
+}
 
+#[async_trait]
+impl OutboxAdmin for SqlStore {
     async fn key_backlog(&self, limit: usize) -> Result<Vec<(String, u64)>> {
         if limit == 0 {
             return Ok(Vec::new());

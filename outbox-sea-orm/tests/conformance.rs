@@ -8,12 +8,12 @@ mod common;
 mod postgres {
     use std::sync::Arc;
 
-    use outbox_core::{OutboxStore, Retention};
+    use outbox_core::{OutboxAdmin, Retention};
     use outbox_sea_orm::ClaimMode;
 
     use crate::common::{Backend, conformance_store};
 
-    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxAdmin>> {
         conformance_store(Backend::Postgres, retention, ClaimMode::Transaction).await
     }
 
@@ -25,12 +25,12 @@ mod postgres {
 mod postgres_lease {
     use std::sync::Arc;
 
-    use outbox_core::{OutboxStore, Retention};
+    use outbox_core::{OutboxAdmin, Retention};
     use outbox_sea_orm::ClaimMode;
 
     use crate::common::{Backend, conformance_store};
 
-    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxAdmin>> {
         conformance_store(Backend::Postgres, retention, ClaimMode::Lease).await
     }
 
@@ -41,12 +41,12 @@ mod postgres_lease {
 mod mysql {
     use std::sync::Arc;
 
-    use outbox_core::{OutboxStore, Retention};
+    use outbox_core::{OutboxAdmin, Retention};
     use outbox_sea_orm::ClaimMode;
 
     use crate::common::{Backend, conformance_store};
 
-    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxAdmin>> {
         conformance_store(Backend::MySql, retention, ClaimMode::Auto).await
     }
 
@@ -57,12 +57,12 @@ mod mysql {
 mod sqlite {
     use std::sync::Arc;
 
-    use outbox_core::{OutboxStore, Retention};
+    use outbox_core::{OutboxAdmin, Retention};
     use outbox_sea_orm::ClaimMode;
 
     use crate::common::{Backend, conformance_store};
 
-    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxStore>> {
+    async fn setup(retention: Retention) -> Option<Arc<dyn OutboxAdmin>> {
         conformance_store(Backend::Sqlite, retention, ClaimMode::Auto).await
     }
 

@@ -12,7 +12,8 @@ use custom_bus::WebhookBus;
 use outbox::testkit::bus::{BusFixture, BusProbe, Received};
 use outbox::testkit::eventually;
 use outbox::{
-    Bus, FallbackConfig, MemoryStore, NewMessage, OutboxMessage, OutboxStore, PublishOutcome, Relay, RetryPolicy,
+    Bus, FallbackConfig, MemoryStore, NewMessage, OutboxAdmin, OutboxMessage, OutboxStore, PublishOutcome, Relay,
+    RetryPolicy,
 };
 
 #[derive(Clone, Default)]

@@ -1,4 +1,4 @@
-//! Store conformance cases. Each takes a fresh, empty store.
+//! Store conformance cases. Each takes a fresh, empty store (relay and admin methods).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use super::eventually;
 use crate::message::{MessageId, NewMessage, now_millis};
-use crate::store::{DeadLetterQuery, Disposition, Failure, Lease, OutboxStore, ReplaySelector};
+use crate::store::{DeadLetterQuery, Disposition, Failure, Lease, OutboxAdmin, OutboxStore, ReplaySelector};
 use crate::{Bus, FallbackConfig, MemoryBus, OutboxMessage, PublishOutcome, Relay, RetryPolicy};
 
 const WAIT: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(30);
 
 /// Generates one `#[tokio::test]` per store case. `$setup` is an `async fn(Retention) ->
-/// Arc<dyn OutboxStore>` (or `Option<Arc<dyn OutboxStore>>`, where `None` skips the case
+/// Arc<dyn OutboxAdmin>` (or `Option<Arc<dyn OutboxAdmin>>`, where `None` skips the case
 /// because its server is unreachable) that returns a fresh, empty store in its own namespace.
 #[macro_export]
 macro_rules! store_conformance {
@@ -78,7 +78,7 @@ async fn claim_one(store: &dyn OutboxStore, lease: &Lease) -> Vec<crate::OutboxM
 }
 
 /// Enqueued fields come back intact from a claim by id, and a second claim gets nothing.
-pub async fn enqueue_then_claim_ids_returns_every_field(store: Arc<dyn OutboxStore>) {
+pub async fn enqueue_then_claim_ids_returns_every_field(store: Arc<dyn OutboxAdmin>) {
     let before = now_millis();
     let m = msg("conf.fields", Some("k-1"), "{\"a\":1}").header("h1", "v1").header("traceparent", "00-x");
     let ids = store.enqueue(vec![m.clone(), msg("conf.fields", None, "two")]).await.unwrap();
@@ -106,7 +106,7 @@ pub async fn enqueue_then_claim_ids_returns_every_field(store: Arc<dyn OutboxSto
 }
 
 /// Eight concurrent claimers drain 300 messages; each message is claimed exactly once.
-pub async fn claims_are_exclusive_under_concurrent_claimers(store: Arc<dyn OutboxStore>) {
+pub async fn claims_are_exclusive_under_concurrent_claimers(store: Arc<dyn OutboxAdmin>) {
     let batch: Vec<_> = (0..300).map(|i| msg("conf.race", None, &i.to_string())).collect();
     let ids = store.enqueue(batch).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
@@ -134,7 +134,7 @@ pub async fn claims_are_exclusive_under_concurrent_claimers(store: Arc<dyn Outbo
 }
 
 /// Claiming again under the same lease returns only messages it does not hold yet.
-pub async fn a_lease_never_claims_a_message_twice(store: Arc<dyn OutboxStore>) {
+pub async fn a_lease_never_claims_a_message_twice(store: Arc<dyn OutboxAdmin>) {
     let ids = store.enqueue((0..4).map(|i| msg("conf.again", None, &i.to_string())).collect()).await.unwrap();
     let lease = Lease::new(TTL);
     assert_eq!(ids_of(&store.claim_ids(&ids[..2], &lease).await.unwrap()), ids[..2].to_vec());
@@ -145,7 +145,7 @@ pub async fn a_lease_never_claims_a_message_twice(store: Arc<dyn OutboxStore>) {
 }
 
 /// A claim whose lease has expired can be taken over by another claimer.
-pub async fn expired_claims_are_taken_over(store: Arc<dyn OutboxStore>) {
+pub async fn expired_claims_are_taken_over(store: Arc<dyn OutboxAdmin>) {
     let ids = store.enqueue(vec![msg("conf.expiry", Some("k"), "x")]).await.unwrap();
     let short = Lease::new(Duration::from_millis(300));
     assert_eq!(store.claim_ids(&ids, &short).await.unwrap().len(), 1);
@@ -163,7 +163,7 @@ pub async fn expired_claims_are_taken_over(store: Arc<dyn OutboxStore>) {
 }
 
 /// `complete` and `fail` with a lease that does not hold the message change nothing.
-pub async fn complete_and_fail_need_the_lease(store: Arc<dyn OutboxStore>) {
+pub async fn complete_and_fail_need_the_lease(store: Arc<dyn OutboxAdmin>) {
     let ids = store.enqueue(vec![msg("conf.lease", None, "x")]).await.unwrap();
     let holder = Lease::new(TTL);
     assert_eq!(store.claim_ids(&ids, &holder).await.unwrap().len(), 1);
@@ -177,7 +177,7 @@ pub async fn complete_and_fail_need_the_lease(store: Arc<dyn OutboxStore>) {
 }
 
 /// `claim_due` returns at most `limit`, oldest first, and leaves fresh messages to the listener.
-pub async fn claim_due_respects_limit_and_min_age(store: Arc<dyn OutboxStore>) {
+pub async fn claim_due_respects_limit_and_min_age(store: Arc<dyn OutboxAdmin>) {
     let ids = store.enqueue((0..25).map(|i| msg("conf.limit", None, &i.to_string())).collect()).await.unwrap();
     assert!(
         store.claim_due(10, Duration::from_secs(3600), &Lease::new(TTL)).await.unwrap().is_empty(),
@@ -191,7 +191,7 @@ pub async fn claim_due_respects_limit_and_min_age(store: Arc<dyn OutboxStore>) {
 }
 
 /// Only the head message of a key is claimable; other keys and keyless messages flow.
-pub async fn per_key_order_only_the_head_is_claimable(store: Arc<dyn OutboxStore>) {
+pub async fn per_key_order_only_the_head_is_claimable(store: Arc<dyn OutboxAdmin>) {
     let a: Vec<_> = (1..=3).map(|i| msg("conf.order", Some("a"), &format!("a{i}"))).collect();
     let a_ids: Vec<_> = a.iter().map(|m| m.id).collect();
     let mut batch = a;
@@ -225,7 +225,7 @@ pub async fn per_key_order_only_the_head_is_claimable(store: Arc<dyn OutboxStore
 }
 
 /// A failed message is not claimable before its retry time, then is, with attempts and error.
-pub async fn backoff_is_honoured(store: Arc<dyn OutboxStore>) {
+pub async fn backoff_is_honoured(store: Arc<dyn OutboxAdmin>) {
     let ids = store.enqueue(vec![msg("conf.backoff", Some("k"), "x")]).await.unwrap();
     let lease = Lease::new(TTL);
     store.claim_ids(&ids, &lease).await.unwrap();
@@ -249,7 +249,7 @@ pub async fn backoff_is_honoured(store: Arc<dyn OutboxStore>) {
 }
 
 /// A dead letter is listed with its error, blocks later messages of its key, and replays.
-pub async fn dead_letter_blocks_its_key_until_replayed(store: Arc<dyn OutboxStore>) {
+pub async fn dead_letter_blocks_its_key_until_replayed(store: Arc<dyn OutboxAdmin>) {
     let first = msg("conf.dead", Some("k"), "poison");
     let second = msg("conf.dead", Some("k"), "next");
     let other = msg("conf.dead", Some("other"), "other");
@@ -286,7 +286,7 @@ pub async fn dead_letter_blocks_its_key_until_replayed(store: Arc<dyn OutboxStor
 }
 
 /// Replay by topic touches only that topic; replay all touches the rest.
-pub async fn replay_by_topic_and_all(store: Arc<dyn OutboxStore>) {
+pub async fn replay_by_topic_and_all(store: Arc<dyn OutboxAdmin>) {
     let ids = store
         .enqueue(vec![
             msg("conf.replay.a", None, "1"),
@@ -314,7 +314,7 @@ pub async fn replay_by_topic_and_all(store: Arc<dyn OutboxStore>) {
 }
 
 /// `purge_dead` removes dead letters older than the cutoff, and only those.
-pub async fn purge_dead_letters(store: Arc<dyn OutboxStore>) {
+pub async fn purge_dead_letters(store: Arc<dyn OutboxAdmin>) {
     let ids = store.enqueue(vec![msg("conf.purge", None, "1"), msg("conf.purge", None, "2")]).await.unwrap();
     let lease = Lease::new(TTL);
     store.claim_ids(&ids[..1], &lease).await.unwrap();
@@ -329,7 +329,7 @@ pub async fn purge_dead_letters(store: Arc<dyn OutboxStore>) {
 }
 
 /// With delete retention, completed messages are gone.
-pub async fn delete_retention_removes_published(store: Arc<dyn OutboxStore>) {
+pub async fn delete_retention_removes_published(store: Arc<dyn OutboxAdmin>) {
     let ids = store
         .enqueue(vec![msg("conf.retention", Some("k"), "1"), msg("conf.retention", Some("k"), "2")])
         .await
@@ -345,7 +345,7 @@ pub async fn delete_retention_removes_published(store: Arc<dyn OutboxStore>) {
 
 /// With keep-published retention, completed rows stay (not claimable, not blocking their
 /// key) until purged in bounded batches.
-pub async fn keep_published_retention_keeps_rows_until_purged(store: Arc<dyn OutboxStore>) {
+pub async fn keep_published_retention_keeps_rows_until_purged(store: Arc<dyn OutboxAdmin>) {
     let ids = store
         .enqueue(vec![msg("conf.keep", Some("k"), "1"), msg("conf.keep", Some("k"), "2"), msg("conf.keep", None, "3")])
         .await
@@ -366,7 +366,7 @@ pub async fn keep_published_retention_keeps_rows_until_purged(store: Arc<dyn Out
 }
 
 /// Pending, claimed and dead counts, the oldest pending age, and the key backlog.
-pub async fn counts_and_oldest_pending_age(store: Arc<dyn OutboxStore>) {
+pub async fn counts_and_oldest_pending_age(store: Arc<dyn OutboxAdmin>) {
     let empty = store.stats().await.unwrap();
     assert_eq!((empty.pending, empty.claimed, empty.dead, empty.oldest_pending_age), (0, 0, 0, None));
     let ids = store
@@ -394,7 +394,7 @@ pub async fn counts_and_oldest_pending_age(store: Arc<dyn OutboxStore>) {
 
 /// Two relays with listener and fallback share the store: every message is published
 /// exactly once and each key's messages arrive in enqueue order.
-pub async fn racing_relays_publish_each_message_once_in_key_order(store: Arc<dyn OutboxStore>) {
+pub async fn racing_relays_publish_each_message_once_in_key_order(store: Arc<dyn OutboxAdmin>) {
     const MESSAGES: usize = 2_000;
     const KEYS: usize = 40;
     let bus = Arc::new(MemoryBus::new());
@@ -435,7 +435,7 @@ pub async fn racing_relays_publish_each_message_once_in_key_order(store: Arc<dyn
 }
 
 /// A user header named like one the bus sets is refused at enqueue, in any case.
-pub async fn reserved_header_names_are_rejected(store: Arc<dyn OutboxStore>) {
+pub async fn reserved_header_names_are_rejected(store: Arc<dyn OutboxAdmin>) {
     for name in ["Outbox-Message-Id", "outbox-key", "OUTBOX-TOPIC", "Nats-Msg-Id"] {
         let err = store.enqueue(vec![msg("conf.reserved", None, "x").header(name, "forged")]).await.unwrap_err();
         assert!(err.to_string().contains("reserved"), "{name}: {err}");
@@ -446,7 +446,7 @@ pub async fn reserved_header_names_are_rejected(store: Arc<dyn OutboxStore>) {
 
 /// `retryable_among` keeps unclaimed pending ids and drops published, dead and unknown ones
 /// (an id under another live claim may go either way: dropping it is an optimisation).
-pub async fn retryable_among_drops_finished_and_claimed_ids(store: Arc<dyn OutboxStore>) {
+pub async fn retryable_among_drops_finished_and_claimed_ids(store: Arc<dyn OutboxAdmin>) {
     let ids = store.enqueue((0..4).map(|i| msg("conf.retryable_among", None, &i.to_string())).collect()).await.unwrap();
     let lease = Lease::new(TTL);
     assert_eq!(store.claim_ids(&ids[..3], &lease).await.unwrap().len(), 3);
@@ -476,7 +476,7 @@ impl Bus for StuckBus {
 
 /// A publish slower than the claim ttl is cut at half the ttl and counted as a failed
 /// attempt, so the message backs off and ends dead-lettered after `max_attempts`.
-pub async fn a_publish_outlasting_the_claim_ttl_is_a_failed_attempt(store: Arc<dyn OutboxStore>) {
+pub async fn a_publish_outlasting_the_claim_ttl_is_a_failed_attempt(store: Arc<dyn OutboxAdmin>) {
     let id = store.enqueue(vec![msg("conf.stuck", Some("k"), "slow")]).await.unwrap()[0];
     let relay = Relay::builder(store.clone(), Arc::new(StuckBus))
         .claim_ttl(Duration::from_millis(600))
@@ -516,7 +516,7 @@ impl Bus for PanickyBus {
 
 /// A bus that panics on one message: that message is dead-lettered with an error naming the
 /// panic; the rest of its batch is published, and the relay keeps running.
-pub async fn a_panicking_bus_dead_letters_only_the_message_it_panics_on(store: Arc<dyn OutboxStore>) {
+pub async fn a_panicking_bus_dead_letters_only_the_message_it_panics_on(store: Arc<dyn OutboxAdmin>) {
     let mut batch: Vec<NewMessage> = (0..9).map(|i| msg("conf.panic", Some(&format!("k{i}")), "ok")).collect();
     batch.insert(4, msg("conf.panic", Some("k-boom"), "boom"));
     let boom = batch[4].id;

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::{
-    DeadLetter, DeadLetterQuery, Failure, Lease, MemoryStore, MessageId, NewMessage, OutboxMessage, OutboxStats,
-    OutboxStore, ReplaySelector, Result,
+    Failure, Lease, MemoryStore, MessageId, NewMessage, OutboxMessage, OutboxStats, OutboxStore, Result,
 };
 
 /// A [`MemoryStore`] that counts claims: calls, and how often each id was asked for.
@@ -50,21 +49,6 @@ impl OutboxStore for CountingStore {
     }
     async fn stats(&self) -> Result<OutboxStats> {
         self.inner.stats().await
-    }
-    async fn key_backlog(&self, n: usize) -> Result<Vec<(String, u64)>> {
-        self.inner.key_backlog(n).await
-    }
-    async fn dead_letters(&self, q: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
-        self.inner.dead_letters(q).await
-    }
-    async fn replay(&self, s: &ReplaySelector) -> Result<u64> {
-        self.inner.replay(s).await
-    }
-    async fn purge_dead(&self, d: Duration) -> Result<u64> {
-        self.inner.purge_dead(d).await
-    }
-    async fn purge_published(&self, d: Duration, n: usize) -> Result<u64> {
-        self.inner.purge_published(d, n).await
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use outbox_core::testkit::{test_url, unique_suffix, unreachable_server};
-use outbox_core::{MessageId, NoticeStream, Notifier, OutboxStore, Retention};
+use outbox_core::{MessageId, NoticeStream, Notifier, OutboxAdmin, Retention};
 use outbox_sea_orm::{ClaimMode, SqlStore, SqlStoreConfig, migrate};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 
@@ -81,7 +81,7 @@ pub async fn conformance_store(
     backend: Backend,
     retention: Retention,
     mode: ClaimMode,
-) -> Option<Arc<dyn OutboxStore>> {
+) -> Option<Arc<dyn OutboxAdmin>> {
     let store = store(backend, SqlStoreConfig::default().retention(retention).claim_mode(mode)).await?;
     Some(Arc::new(store))
 }
