@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+#[cfg(feature = "jetstream")]
+pub mod consumer;
 mod core_bus;
 mod error;
 #[cfg(feature = "jetstream")]
