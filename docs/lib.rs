@@ -21,3 +21,5 @@ pub mod benchmarks {}
 pub mod reliability {}
 #[doc = include_str!("cli.md")]
 pub mod cli {}
+#[doc = include_str!("consumers.md")]
+pub mod consumers {}

@@ -20,3 +20,6 @@ pub use outbox_nats as nats;
 pub use outbox_redis as redis;
 #[cfg(feature = "sea-orm")]
 pub use outbox_sea_orm as sea_orm;
+/// The transactional inbox: see `outbox_sea_orm::inbox`.
+#[cfg(feature = "inbox")]
+pub use outbox_sea_orm::inbox;

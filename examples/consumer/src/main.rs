@@ -1,12 +1,13 @@
 //! Reads what the outbox published and prints each event with its outbox headers.
 //!
-//! `consumer nats` reads a JetStream stream with a durable pull consumer and acks each message;
-//! `consumer redis` reads Redis streams with a consumer group and XACKs each entry.
+//! `consumer nats` runs `outbox::nats::consumer::JetStreamConsumer` with the SQLite inbox: each
+//! event is stored in an `events` table in the same transaction that records its id, so a
+//! redelivered event is skipped (`duplicate id=… skipped`) and stored once; `consumer redis`
+//! reads Redis streams with a consumer group and XACKs each entry (at least once).
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 
 #[derive(Parser)]
 #[command(about = "Print the events an outbox relay published")]
@@ -21,15 +22,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Source {
     /// A JetStream stream.
-    Nats {
-        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-        url: String,
-        #[arg(long, env = "STREAM", default_value = "OUTBOX")]
-        stream: String,
-        /// Durable consumer name.
-        #[arg(long, default_value = "consumer")]
-        durable: String,
-    },
+    Nats(NatsArgs),
     /// Redis streams, read with a consumer group.
     Redis {
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
@@ -42,30 +35,89 @@ enum Source {
     },
 }
 
+/// Where and how the JetStream consumer reads, and its inbox.
+#[derive(clap::Args)]
+struct NatsArgs {
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    url: String,
+    #[arg(long, env = "STREAM", default_value = "OUTBOX")]
+    stream: String,
+    /// Durable consumer name; also the inbox's consumer name.
+    #[arg(long, default_value = "consumer")]
+    durable: String,
+    /// Only subjects matching this (default: the whole stream).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Where messages that keep failing go; a stream must capture it.
+    #[arg(long, default_value = "outbox.dead")]
+    dead_letter: String,
+    /// The SQLite file holding the inbox and the `events` table.
+    #[arg(long, env = "INBOX", default_value = "consumer-inbox.db")]
+    inbox: std::path::PathBuf,
+}
+
 fn show(id: &str, key: &str, traceparent: &str, payload: &[u8]) {
     println!("event id={id} key={key} traceparent={traceparent} payload={}", String::from_utf8_lossy(payload));
 }
 
-async fn nats(url: &str, stream: &str, durable: &str, max: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let client = async_nats::connect(url).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let consumer = js
-        .get_stream(stream)
-        .await?
-        .get_or_create_consumer(
-            durable,
-            async_nats::jetstream::consumer::pull::Config { durable_name: Some(durable.into()), ..Default::default() },
-        )
+async fn nats(args: &NatsArgs, max: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use outbox::consumer::{ConsumerConfig, Delivery, HandlerError, Processed, handler_fn};
+    use outbox::inbox::{Inbox, InboxConfig, migrate_inbox};
+    use outbox::nats::consumer::JetStreamConsumer;
+    use sea_orm::{ConnectionTrait, Statement, Value};
+
+    // The inbox and the effects share one database, so both commit or neither does.
+    let db = outbox::sea_orm::connect_sqlite(&args.inbox).await?;
+    let config = InboxConfig::default().consumer(args.durable.clone());
+    migrate_inbox(&db, &config).await?;
+    db.execute_unprepared("CREATE TABLE IF NOT EXISTS events (message_id TEXT PRIMARY KEY, payload BLOB NOT NULL)")
         .await?;
-    let mut messages = consumer.messages().await?.take(max);
-    while let Some(msg) = messages.next().await {
-        let msg = msg?;
-        let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map_or("-", |v| v.as_str()).to_owned();
-        show(&header("Outbox-Message-Id"), &header("Outbox-Key"), &header("traceparent"), &msg.payload);
-        msg.ack().await.map_err(|e| e.to_string())?;
+    let inbox = Inbox::new(db, config)?;
+
+    let seen = Arc::new(AtomicUsize::new(0));
+    let all_seen = Arc::new(tokio::sync::Notify::new());
+    let handler = handler_fn({
+        let (seen, all_seen) = (seen.clone(), all_seen.clone());
+        move |d: Delivery| {
+            let (inbox, seen, all_seen) = (inbox.clone(), seen.clone(), all_seen.clone());
+            async move {
+                let insert = Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Sqlite,
+                    "INSERT INTO events (message_id, payload) VALUES (?, ?)",
+                    [Value::from(d.id.clone()), Value::from(d.payload.clone())],
+                );
+                let outcome = inbox
+                    .process(&d.id, move |txn| Box::pin(async move { txn.execute_raw(insert).await.map(|_| ()) }))
+                    .await
+                    .map_err(HandlerError::from)?;
+                let dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+                match outcome {
+                    Processed::Done(()) => show(&d.id, &dash(d.key()), &dash(d.traceparent()), &d.payload),
+                    Processed::Duplicate => println!("duplicate id={} skipped", d.id),
+                }
+                if seen.fetch_add(1, Ordering::SeqCst) + 1 >= max {
+                    all_seen.notify_one();
+                }
+                Ok(outcome)
+            }
+        }
+    });
+    let js = async_nats::jetstream::new(outbox::nats::connect(&args.url).await?);
+    let mut consumer = JetStreamConsumer::new(js, &args.stream, &args.durable, &args.dead_letter)
+        .config(ConsumerConfig::default().per_key(true));
+    if let Some(filter) = &args.filter {
+        consumer = consumer.filter_subject(filter);
     }
-    // Acks are queued, not awaited: flush so the last ones reach the server before exit.
-    client.flush().await?;
+    let running = consumer.spawn(handler).await?;
+    tokio::select! {
+        () = all_seen.notified() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    // Finishes the handlers in flight and acknowledges them.
+    running.shutdown().await?;
     Ok(())
 }
 
@@ -101,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let max = args.max.unwrap_or(usize::MAX);
     let run = async {
         match &args.source {
-            Source::Nats { url, stream, durable } => nats(url, stream, durable, max).await,
+            Source::Nats(nats_args) => nats(nats_args, max).await,
             Source::Redis { url, streams, group } => redis(url, streams, group, max).await,
         }
     };

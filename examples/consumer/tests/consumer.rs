@@ -1,4 +1,5 @@
-//! The consumer prints what an outbox bus published, with the outbox headers.
+//! The consumer stores what an outbox bus published once (JetStream, through the inbox) or
+//! prints it (Redis), with the outbox headers.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ fn run_consumer(args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prints_jetstream_events_with_their_ids() {
+async fn stores_jetstream_events_once_through_the_inbox() {
     let url = outbox::testkit::test_url("OUTBOX_TEST_NATS_URL", "nats://127.0.0.1:4222");
     let client = match outbox::nats::connect(&url).await {
         Ok(c) => c,
@@ -32,17 +33,44 @@ async fn prints_jetstream_events_with_their_ids() {
     ensure_stream(bus.context(), &StreamSpec::new(&stream, [format!("c{suffix}.>")])).await.unwrap();
     let batch = messages("users.registered");
     assert!(bus.publish(&batch).await.iter().all(|o| o.is_delivered()));
-    let stdout = tokio::task::spawn_blocking({
-        let (url, stream) = (url.clone(), stream.clone());
-        move || run_consumer(&["--max", "3", "nats", "--url", &url, "--stream", &stream])
-    })
-    .await
-    .unwrap();
+    let inbox = std::env::temp_dir().join(format!("consumer-example-{suffix}.db"));
+    let run = || {
+        let (url, stream, inbox) = (url.clone(), stream.clone(), inbox.display().to_string());
+        let (filter, dead) = (format!("c{suffix}.users.>"), format!("c{suffix}.dead"));
+        tokio::task::spawn_blocking(move || {
+            run_consumer(&[
+                "--max",
+                "3",
+                "nats",
+                "--url",
+                &url,
+                "--stream",
+                &stream,
+                "--filter",
+                &filter,
+                "--dead-letter",
+                &dead,
+                "--inbox",
+                &inbox,
+            ])
+        })
+    };
+    let stdout = run().await.unwrap();
     for m in &batch {
-        assert!(stdout.contains(&format!("id={}", m.id)), "{stdout}");
+        assert!(stdout.contains(&format!("event id={}", m.id)), "{stdout}");
     }
     assert!(stdout.contains("key=k1"));
+
+    // Replaying the stream to a fresh durable consumer of the same name: every event is a
+    // duplicate, none is stored again.
+    bus.context().delete_consumer_from_stream("consumer", &stream).await.unwrap();
+    let stdout = run().await.unwrap();
+    for m in &batch {
+        assert!(stdout.contains(&format!("duplicate id={} skipped", m.id)), "{stdout}");
+    }
+    assert!(!stdout.contains("event id="), "{stdout}");
     let _ = bus.context().delete_stream(&stream).await;
+    let _ = std::fs::remove_file(&inbox);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
