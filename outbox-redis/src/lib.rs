@@ -6,6 +6,7 @@ mod classify;
 pub mod cluster;
 mod config;
 mod conn;
+pub mod consumer;
 mod dedup;
 mod error;
 mod notify;

@@ -1,0 +1,307 @@
+//! The consumer side on Redis Streams: a consumer group runner that reads with `XREADGROUP`,
+//! runs a [`Handler`] per entry, `XACK`s only after it returned, takes over entries another
+//! consumer left pending for longer than `ack_wait` (`XAUTOCLAIM`: a dead consumer's, or a
+//! failed delivery's) and moves what keeps failing to a dead-letter stream.
+//!
+//! A retryable failure leaves the entry pending; it is claimed again after
+//! [`ConsumerConfig::ack_wait`] (Redis has no delayed NAK, so that is the retry delay).
+//!
+//! ```no_run
+//! # async fn run() -> outbox_core::Result<()> {
+//! use outbox_core::consumer::{Delivery, Processed, handler_fn};
+//! use outbox_redis::consumer::RedisStreamsConsumer;
+//!
+//! let conn = outbox_redis::connect("redis://127.0.0.1:6379").await?;
+//! let handler = handler_fn(|d: Delivery| async move {
+//!     println!("{}", d.id);
+//!     Ok(Processed::Done(()))
+//! });
+//! let consumer = RedisStreamsConsumer::new(conn, "outbox:orders", "shipping", "shipping-1", "dead:orders")
+//!     .spawn(handler)
+//!     .await?;
+//! consumer.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{FutureExt, StreamExt};
+use outbox_core::consumer::metrics::{
+    CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_PROCESSED, CONSUMER_RETRIED,
+};
+use outbox_core::consumer::{ConsumerConfig, Delivery, Handler, HandlerError, Processed};
+use outbox_core::{Error, Result};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::bus::PAYLOAD_FIELD;
+
+/// Field of a dead letter: the last error.
+pub const FIELD_ERROR: &str = "Outbox-Error";
+/// Field of a dead letter: the entry's id in its stream.
+pub const FIELD_ORIGINAL_ID: &str = "Outbox-Original-Id";
+/// Field of a dead letter: how many times it was delivered.
+pub const FIELD_DELIVERIES: &str = "Outbox-Deliveries";
+
+/// A Redis Streams consumer group runner, not yet running; [`spawn`](Self::spawn) starts it.
+#[derive(Clone)]
+pub struct RedisStreamsConsumer {
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    consumer: String,
+    dead_letter_stream: String,
+    config: ConsumerConfig,
+}
+
+impl std::fmt::Debug for RedisStreamsConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStreamsConsumer")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of a running consumer since it started (also recorded as metrics, see
+/// [`outbox_core::consumer::metrics`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConsumerStats {
+    /// Entries handled and acknowledged.
+    pub processed: u64,
+    /// Entries the handler reported as [`Processed::Duplicate`].
+    pub duplicates: u64,
+    /// Failed deliveries left pending for a later claim.
+    pub retried: u64,
+    /// Entries moved to the dead-letter stream.
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters([AtomicU64; 4]);
+
+impl RedisStreamsConsumer {
+    /// Consumer `consumer` of group `group` on `stream`, dead-lettering to
+    /// `dead_letter_stream`. The group is created at the stream's start if missing.
+    pub fn new(
+        conn: ConnectionManager,
+        stream: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<String>,
+        dead_letter_stream: impl Into<String>,
+    ) -> Self {
+        Self {
+            conn,
+            stream: stream.into(),
+            group: group.into(),
+            consumer: consumer.into(),
+            dead_letter_stream: dead_letter_stream.into(),
+            config: ConsumerConfig::default(),
+        }
+    }
+
+    /// Sets the runner settings (default [`ConsumerConfig::default`]; `per_key` and
+    /// `backoff` are not used here: entries are handled in parallel and retried after
+    /// `ack_wait`).
+    pub fn config(mut self, config: ConsumerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates the settings, creates the group if needed and starts reading.
+    pub async fn spawn<H: Handler>(self, handler: H) -> Result<RedisConsumerHandle> {
+        self.config.validate()?;
+        for (field, value) in [("consumer.group", &self.group), ("consumer.name", &self.consumer)] {
+            if value.is_empty() {
+                return Err(Error::config(field, "must not be empty"));
+            }
+        }
+        let mut conn = self.conn.clone();
+        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&self.stream, &self.group, "0").await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(crate::map_err(format!("XGROUP CREATE {} {}", self.stream, self.group), e));
+        }
+        let (stop, stopped) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let runner = Runner { spec: Arc::new(self), handler: Arc::new(handler), counters: counters.clone() };
+        let task = tokio::spawn(runner.run(stopped));
+        Ok(RedisConsumerHandle { stop, task, counters })
+    }
+}
+
+/// A running Redis Streams consumer.
+#[derive(Debug)]
+pub struct RedisConsumerHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+impl RedisConsumerHandle {
+    /// Counts since it started.
+    pub fn stats(&self) -> RedisConsumerStats {
+        let [processed, duplicates, retried, dead_lettered] = &self.counters.0;
+        RedisConsumerStats {
+            processed: processed.load(Ordering::Relaxed),
+            duplicates: duplicates.load(Ordering::Relaxed),
+            retried: retried.load(Ordering::Relaxed),
+            dead_lettered: dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops reading, lets the handlers in flight finish and acknowledges them.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| Error::permanent("redis", format!("consumer task failed: {e}"), None))
+    }
+
+    /// Stops at once, like a killed process: entries in flight stay pending and are claimed
+    /// by another consumer after `ack_wait`.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+struct Runner<H> {
+    spec: Arc<RedisStreamsConsumer>,
+    handler: Arc<H>,
+    counters: Arc<Counters>,
+}
+
+impl<H: Handler> Runner<H> {
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let config = &self.spec.config;
+        let mut conn = self.spec.conn.clone();
+        while !*stopped.borrow() {
+            let read = self.read(&mut conn);
+            let entries = tokio::select! {
+                _ = stopped.changed() => break,
+                entries = read => entries,
+            };
+            let entries = match entries {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(group = %self.spec.group, error = %e, "read failed; retrying");
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        () = tokio::time::sleep(config.fetch_wait) => continue,
+                    }
+                }
+            };
+            let runner = &self;
+            futures::stream::iter(entries)
+                .for_each_concurrent(config.concurrency, |(entry, delivered)| async move {
+                    runner.handle(entry, delivered).await;
+                })
+                .await;
+        }
+    }
+
+    /// Entries left pending too long (with their delivery counts), else new ones.
+    async fn read(&self, conn: &mut ConnectionManager) -> redis::RedisResult<Vec<(StreamId, u64)>> {
+        let spec = &self.spec;
+        let idle = u64::try_from(spec.config.ack_wait.as_millis()).unwrap_or(u64::MAX);
+        let options = StreamAutoClaimOptions::default().count(spec.config.batch);
+        let claimed: StreamAutoClaimReply =
+            conn.xautoclaim_options(&spec.stream, &spec.group, &spec.consumer, idle, "0-0", options).await?;
+        if !claimed.claimed.is_empty() {
+            let mut out = Vec::with_capacity(claimed.claimed.len());
+            for entry in claimed.claimed {
+                let pending: redis::streams::StreamPendingCountReply =
+                    conn.xpending_count(&spec.stream, &spec.group, &entry.id, &entry.id, 1).await?;
+                let delivered = pending.ids.first().map_or(2, |p| p.times_delivered as u64);
+                out.push((entry, delivered));
+            }
+            return Ok(out);
+        }
+        let block = usize::try_from(spec.config.fetch_wait.as_millis()).unwrap_or(usize::MAX);
+        let options =
+            StreamReadOptions::default().group(&spec.group, &spec.consumer).count(spec.config.batch).block(block);
+        let reply: Option<StreamReadReply> = conn.xread_options(&[&spec.stream], &[">"], &options).await?;
+        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).map(|e| (e, 1)).collect())
+    }
+
+    async fn handle(&self, entry: StreamId, delivered: u64) {
+        let spec = &self.spec;
+        let payload: Vec<u8> = entry.get(PAYLOAD_FIELD).unwrap_or_default();
+        let mut delivery = Delivery::new(spec.stream.as_str(), entry.id.as_str(), payload).with_attempt(delivered);
+        for name in entry.map.keys().filter(|k| k.as_str() != PAYLOAD_FIELD) {
+            if let Some(value) = entry.get::<String>(name) {
+                delivery = delivery.with_header(name.as_str(), value);
+            }
+        }
+        let span = tracing::info_span!(
+            "outbox.consume",
+            consumer = %spec.group,
+            message_id = %delivery.id,
+            subject = %spec.stream,
+            attempt = delivered,
+            traceparent = tracing::field::Empty,
+        );
+        if let Some(tp) = delivery.traceparent() {
+            span.record("traceparent", tp);
+        }
+        let outcome = AssertUnwindSafe(self.handler.handle(delivery))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_| Err(HandlerError::retry("the handler panicked")));
+        let _enter = span.enter();
+        let mut conn = spec.conn.clone();
+        let label = spec.group.clone();
+        let [processed, duplicates, retried, dead_lettered] = &self.counters.0;
+        match outcome {
+            Ok(done) => {
+                let (counter, metric) = match done {
+                    Processed::Done(()) => (processed, CONSUMER_PROCESSED),
+                    Processed::Duplicate => (duplicates, CONSUMER_DUPLICATES),
+                };
+                let acked: redis::RedisResult<u64> = conn.xack(&spec.stream, &spec.group, &[&entry.id]).await;
+                if let Err(e) = acked {
+                    tracing::warn!(error = %e, "XACK failed; the entry will be claimed again (and skipped by the inbox)");
+                    return;
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(metric, "consumer" => label).increment(1);
+            }
+            Err(e) if e.is_retryable() && delivered < spec.config.max_deliveries => {
+                tracing::warn!(error = %e, "handler failed; the entry is claimed again after ack_wait");
+                retried.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(CONSUMER_RETRIED, "consumer" => label).increment(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, deliveries = delivered, "dead-lettering");
+                let mut fields: Vec<(String, Vec<u8>)> =
+                    entry.map.keys().filter_map(|k| entry.get::<Vec<u8>>(k).map(|v| (k.clone(), v))).collect();
+                fields.push((FIELD_ERROR.to_owned(), e.to_string().into_bytes()));
+                fields.push((FIELD_ORIGINAL_ID.to_owned(), entry.id.clone().into_bytes()));
+                fields.push((FIELD_DELIVERIES.to_owned(), delivered.to_string().into_bytes()));
+                // The dead letter and the ack go together, so a crash leaves neither or both.
+                let moved: redis::RedisResult<()> = redis::pipe()
+                    .atomic()
+                    .xadd(&spec.dead_letter_stream, "*", &fields)
+                    .ignore()
+                    .xack(&spec.stream, &spec.group, &[&entry.id])
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = moved {
+                    tracing::warn!(error = %e, "dead-lettering failed; the entry is claimed again after ack_wait");
+                    return;
+                }
+                dead_lettered.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(CONSUMER_DEAD_LETTERED, "consumer" => label).increment(1);
+            }
+        }
+    }
+}
