@@ -1,9 +1,6 @@
-//! The write side: enqueue inside the caller's transaction, and a helper that runs the
-//! caller's work, enqueues its events, commits, and only then notifies.
+//! The write side: enqueue inside the caller's transaction, in one multi-row `INSERT`.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 
 use outbox_core::message::now_millis;
 use outbox_core::{Error, MessageId, NewMessage, Result};
@@ -17,11 +14,6 @@ use crate::sql::{Dialect, Query};
 /// Rows per `INSERT` on MySQL and SQLite (7 binds each; SQLite allows 32,766 binds).
 const ROWS_PER_INSERT: usize = 1_000;
 
-/// The future a [`SqlStore::transaction`] closure returns: its result plus the messages to
-/// enqueue in the same transaction.
-pub type TransactionFuture<'c, T, E> =
-    Pin<Box<dyn Future<Output = std::result::Result<(T, Vec<NewMessage>), E>> + Send + 'c>>;
-
 impl SqlStore {
     /// Writes `messages` through `conn`, usually your open [`DatabaseTransaction`], so they
     /// commit or roll back with your business rows. Returns their ids in input order.
@@ -34,8 +26,9 @@ impl SqlStore {
     /// statement also runs `pg_notify(channel, '')`, which Postgres delivers on commit only
     /// (once per transaction).
     ///
-    /// The store's notifier is **not** called here: call it after your commit, or use
-    /// [`SqlStore::transaction`], which does.
+    /// The store's notifier is **not** called here: call
+    /// `SqlStore::notify_committed` after your commit, or use
+    /// [`SqlStore::begin`] or [`SqlStore::transaction`], which do.
     ///
     /// ```no_run
     /// # async fn run(store: outbox_sea_orm::SqlStore) -> Result<(), Box<dyn std::error::Error>> {
@@ -78,66 +71,14 @@ impl SqlStore {
         Ok(ids)
     }
 
-    /// Runs `work` in a new transaction, enqueues the messages it returns in that same
-    /// transaction, commits, and only then calls the store's notifier
-    /// ([`SqlStore::with_notifier`]). When `work` or the enqueue fails, the transaction is
-    /// rolled back and nobody is notified. The Rust counterpart of overriding EF Core's
-    /// `SaveChangesAsync` to add outbox rows.
-    ///
-    /// The closure has the shape of SeaORM's
-    /// [`TransactionTrait::transaction`]: it gets
-    /// the transaction and returns a boxed future. Its error type `E` must accept outbox
-    /// errors (`E: From<outbox_core::Error>`), e.g. `outbox_core::Error` itself, `anyhow::Error`
-    /// or your application error. On SQLite the transaction starts with `BEGIN IMMEDIATE`, so
-    /// it never fails half-way on a lock upgrade.
-    ///
-    /// ```no_run
-    /// # async fn run(store: outbox_sea_orm::SqlStore) -> outbox_core::Result<()> {
-    /// use outbox_core::NewMessage;
-    /// use sea_orm::ConnectionTrait;
-    ///
-    /// let order_id = store
-    ///     .transaction(|txn| {
-    ///         Box::pin(async move {
-    ///             txn.execute_unprepared("INSERT INTO orders (id) VALUES (42)").await.map_err(|e| {
-    ///                 outbox_core::Error::permanent("app", e.to_string(), None)
-    ///             })?;
-    ///             let event = NewMessage::json("orders.placed", &serde_json::json!({ "id": 42 }))?.key("42");
-    ///             Ok((42, vec![event]))
-    ///         })
-    ///     })
-    ///     .await?;
-    /// # let _ = order_id; Ok(()) }
-    /// ```
-    pub async fn transaction<T, E, F>(&self, work: F) -> std::result::Result<T, E>
-    where
-        F: for<'c> FnOnce(&'c DatabaseTransaction) -> TransactionFuture<'c, T, E> + Send,
-        T: Send,
-        E: From<Error> + Send,
-    {
-        let txn = self.begin_write().await?;
-        let (value, messages) = match work(&txn).await {
-            Ok(done) => done,
-            Err(e) => {
-                self.rollback(txn).await;
-                return Err(e);
-            }
-        };
-        let ids = match self.enqueue_in(&txn, messages).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                self.rollback(txn).await;
-                return Err(e.into());
-            }
-        };
-        txn.commit().await.map_err(|e| self.db_err(e))?;
-        self.notify_committed(&ids).await;
-        Ok(value)
-    }
-
     /// Begins a transaction that will write; on SQLite it takes the write lock up front.
     pub(crate) async fn begin_write(&self) -> Result<DatabaseTransaction> {
-        let begun = match self.dialect {
+        self.begin_write_raw().await.map_err(|e| self.db_err(e))
+    }
+
+    /// [`begin_write`](Self::begin_write), keeping the [`DbErr`].
+    pub(crate) async fn begin_write_raw(&self) -> std::result::Result<DatabaseTransaction, DbErr> {
+        match self.dialect {
             Dialect::Sqlite => {
                 let options = TransactionOptions {
                     sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -146,13 +87,6 @@ impl SqlStore {
                 self.db.begin_with_options(options).await
             }
             Dialect::Postgres | Dialect::MySql => self.db.begin().await,
-        };
-        begun.map_err(|e| self.db_err(e))
-    }
-
-    async fn rollback(&self, txn: DatabaseTransaction) {
-        if let Err(e) = txn.rollback().await {
-            tracing::warn!(error = %e, "outbox: rollback failed; the connection drops the transaction");
         }
     }
 

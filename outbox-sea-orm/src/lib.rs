@@ -6,21 +6,23 @@ mod connect;
 mod decode;
 mod enqueue;
 pub mod error;
-pub mod inbox;
 #[cfg(feature = "postgres")]
 mod held;
+pub mod inbox;
 mod migration;
 #[cfg(feature = "postgres")]
 mod notify;
 pub mod schema;
 mod sql;
 mod store;
+mod tx;
 
 pub use config::{ClaimMode, DEFAULT_TABLE, MAX_CHANNEL_LEN, MAX_TABLE_LEN, SqlStoreConfig};
 #[cfg(feature = "sqlite")]
 pub use connect::{SQLITE_BUSY_TIMEOUT, SQLITE_MAX_CONNECTIONS, connect_sqlite, sqlite_connect_options};
-pub use enqueue::TransactionFuture;
+pub use error::WriteError;
 pub use migration::{Migrator, OutboxMigration, migrate};
 #[cfg(feature = "postgres")]
 pub use notify::PgNotifier;
 pub use store::SqlStore;
+pub use tx::{OutboxTransaction, TransactionFuture};

@@ -39,25 +39,97 @@ pub const MAX_ERROR_LEN: usize = 4096;
 pub(crate) const MESSAGE_COLUMNS: &str =
     "seq, id, topic, msg_key, payload, headers, created_at, attempts, last_error, finished_at";
 
-/// A SeaORM entity for the default table (`outbox_messages`), to query the outbox with
-/// SeaORM, e.g. for an admin page. The relay never needs it.
+/// A SeaORM entity of the outbox table, to query it with SeaORM, e.g. for an admin page. The
+/// relay never needs it.
+///
+/// [`Entity`](entity::Entity) carries its table name: [`Entity::of`](entity::Entity::of) takes
+/// it from the store's [`SqlStoreConfig`](crate::SqlStoreConfig), and
+/// [`Entity::default()`](entity::Entity::default) is the default table (`outbox_messages`).
+/// SeaORM's `Entity::find()` always reads the default table; [`select`](entity::Entity::select)
+/// reads the entity's own, and takes the same filters and orderings:
 ///
 /// ```
+/// use outbox_sea_orm::SqlStoreConfig;
 /// use outbox_sea_orm::schema::{entity, status};
-/// use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+/// use sea_orm::{ColumnTrait, DbBackend, QueryFilter, QueryOrder, QueryTrait};
 ///
-/// let dead_letters = entity::Entity::find().filter(entity::Column::Status.eq(status::DEAD));
-/// # let _ = dead_letters;
+/// let config = SqlStoreConfig::default().table("orders_outbox");
+/// let dead_letters = entity::Entity::of(&config)
+///     .select()
+///     .filter(entity::Column::Status.eq(status::DEAD))
+///     .order_by_asc(entity::Column::Seq);
+/// let sql = dead_letters.build(DbBackend::Postgres).to_string();
+/// assert!(sql.contains(r#"FROM "orders_outbox" AS "outbox_messages""#), "{sql}");
 /// ```
+///
+/// The entity is for reading: SeaORM builds writes (`ActiveModel::insert`, column conditions
+/// of `update_many`) from the default entity. Change messages through the store (`replay`,
+/// `purge_dead`, …) instead.
 pub mod entity {
-    // The derive generates Entity, Column, ActiveModel and friends without doc comments.
+    // The derive generates Column, ActiveModel and friends without doc comments.
     #![allow(missing_docs)]
 
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
     use sea_orm::entity::prelude::*;
+    use sea_orm::{QueryTrait, Select};
+
+    use crate::config::{DEFAULT_TABLE, SqlStoreConfig};
+
+    /// The outbox table, by name.
+    #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, DeriveEntity)]
+    pub struct Entity {
+        table: &'static str,
+    }
+
+    impl Default for Entity {
+        /// The default table, [`DEFAULT_TABLE`].
+        fn default() -> Self {
+            Self { table: DEFAULT_TABLE }
+        }
+    }
+
+    impl EntityName for Entity {
+        fn table_name(&self) -> &'static str {
+            self.table
+        }
+    }
+
+    impl Entity {
+        /// The table of `config` ([`SqlStoreConfig::table`]).
+        pub fn of(config: &SqlStoreConfig) -> Self {
+            Self { table: intern(&config.table) }
+        }
+
+        /// `SELECT` every column of this entity's table: SeaORM's `Entity::find()`, which
+        /// always reads the default table, on this one. The table is aliased to the default
+        /// name, so conditions and orderings on [`Column`] apply to it.
+        pub fn select(self) -> Select<Entity> {
+            let mut select = Entity::find();
+            if self != Entity::default() {
+                QueryTrait::query(&mut select).from_clear().from_as(self.table_ref(), Entity::default());
+            }
+            select
+        }
+    }
+
+    /// SeaORM wants a `&'static str` table name: each distinct name is leaked once.
+    fn intern(name: &str) -> &'static str {
+        static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+        let mut names = NAMES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match names.get(name) {
+            Some(known) => known,
+            None => {
+                let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+                names.insert(leaked);
+                leaked
+            }
+        }
+    }
 
     /// One outbox row; see the [module docs](crate::schema) for each column.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "outbox_messages")]
     pub struct Model {
         #[sea_orm(primary_key)]
         pub seq: i64,

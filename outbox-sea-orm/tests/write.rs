@@ -1,5 +1,6 @@
 //! The write side on every backend: enqueue inside the caller's transaction, the transaction
-//! helper's commit-then-notify, and input validation that leaves the transaction usable.
+//! guard's and helper's commit-then-notify, the errors of the caller's own rows, and input
+//! validation that leaves the transaction usable.
 #![cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 
 mod common;
@@ -8,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::RecordingNotifier;
-use outbox_core::{Error, Lease, NewMessage, OutboxStore};
-use outbox_sea_orm::SqlStore;
-use sea_orm::TransactionTrait;
+use outbox_core::{Error, Lease, MessageId, NewMessage, OutboxEvent, OutboxStore};
+use outbox_sea_orm::schema::{entity, status};
+use outbox_sea_orm::{OutboxTransaction, SqlStore, WriteError};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, QueryFilter, QueryOrder, TransactionTrait};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -21,6 +23,12 @@ crate::per_backend!(
     invalid_message_leaves_the_transaction_usable,
     large_batches_keep_input_order,
     duplicate_ids_are_rejected,
+    a_missing_table_of_yours_is_not_missing_schema,
+    begin_commit_writes_rows_and_messages_then_notifies,
+    dropped_transaction_writes_nothing_and_notifies_no_one,
+    duplicate_in_your_unique_column_is_a_unique_violation,
+    transaction_helper_keeps_your_db_errors,
+    entity_reads_the_configured_table,
 );
 
 async fn enqueue_in_then_rollback_stores_nothing(store: SqlStore) {
@@ -123,5 +131,205 @@ async fn duplicate_ids_are_rejected(store: SqlStore) {
     let err = store.enqueue(vec![m]).await.unwrap_err();
     assert!(!err.is_temporary(), "{err}");
     assert!(err.to_string().contains("already stored"), "{err}");
+    assert_eq!(store.stats().await.unwrap().pending, 1);
+}
+
+async fn a_missing_table_of_yours_is_not_missing_schema(store: SqlStore) {
+    let db = store.connection();
+    let err = db.execute_unprepared("SELECT * FROM no_such_users").await.unwrap_err();
+    let mapped = outbox_sea_orm::error::from_db_err(db.get_database_backend(), &store.config().table, err);
+    assert!(!matches!(mapped, Error::MissingSchema { .. }), "{mapped:?}");
+    assert!(!mapped.to_string().contains("outbox migration"), "{mapped}");
+    assert!(mapped.to_string().contains("no_such_users"), "{mapped}");
+}
+
+/// The event the write-path cases enqueue.
+#[derive(serde::Serialize)]
+struct UserRegistered {
+    user_id: i64,
+    email: String,
+}
+
+impl OutboxEvent for UserRegistered {
+    fn topic(&self) -> &str {
+        "users.registered"
+    }
+    fn key(&self) -> Option<String> {
+        Some(self.user_id.to_string())
+    }
+}
+
+/// A business table of the test's own, beside its outbox table: `id`, and a unique `email`.
+async fn users_table(store: &SqlStore) -> String {
+    let users = format!("{}_users", store.config().table);
+    let sql = format!("CREATE TABLE {users} (id INTEGER PRIMARY KEY, email VARCHAR(255) NOT NULL UNIQUE)");
+    store.connection().execute_unprepared(&sql).await.unwrap();
+    users
+}
+
+async fn insert_user(conn: &impl ConnectionTrait, users: &str, id: i64, email: &str) -> Result<(), DbErr> {
+    conn.execute_unprepared(&format!("INSERT INTO {users} (id, email) VALUES ({id}, '{email}')")).await.map(|_| ())
+}
+
+/// Begins a transaction that inserts user `id` and enqueues their `UserRegistered`, left
+/// open; returns it and the event's id.
+async fn registration<'s>(
+    store: &'s SqlStore,
+    users: &str,
+    id: i64,
+    email: &str,
+) -> Result<(OutboxTransaction<'s>, MessageId), WriteError> {
+    let mut tx = store.begin().await?;
+    insert_user(&*tx, users, id, email).await?;
+    let event = tx.enqueue(&UserRegistered { user_id: id, email: email.into() })?;
+    Ok((tx, event))
+}
+
+async fn count(conn: &impl ConnectionTrait, users: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) AS n FROM {users}");
+    let row = conn.query_one_raw(sea_orm::Statement::from_string(conn.get_database_backend(), sql)).await.unwrap();
+    row.unwrap().try_get("", "n").unwrap()
+}
+
+async fn begin_commit_writes_rows_and_messages_then_notifies(store: SqlStore) {
+    let notifier = Arc::new(RecordingNotifier::default());
+    let store = store.with_notifier(notifier.clone());
+    let users = users_table(&store).await;
+
+    let (mut tx, event) = registration(&store, &users, 1, "ada@example.com").await.unwrap();
+    let audit = tx.enqueue_message(NewMessage::new("audit", "user 1 registered")).unwrap();
+    assert!(notifier.calls().is_empty(), "nothing is sent before commit");
+    tx.commit().await.unwrap();
+
+    assert_eq!(notifier.calls(), vec![vec![event, audit]], "one notify after commit, every id in order");
+    assert_eq!(count(store.connection(), &users).await, 1, "the business row is written");
+    let claimed = store.claim_ids(&[event, audit], &Lease::new(TTL)).await.unwrap();
+    assert_eq!(claimed.len(), 2, "both messages are written");
+    assert_eq!(claimed[0].id, event);
+    assert_eq!((claimed[0].topic.as_str(), claimed[0].key.as_deref()), ("users.registered", Some("1")));
+    assert_eq!(claimed[0].payload, br#"{"user_id":1,"email":"ada@example.com"}"#);
+    assert_eq!(claimed[1].payload, b"user 1 registered");
+}
+
+async fn dropped_transaction_writes_nothing_and_notifies_no_one(store: SqlStore) {
+    let notifier = Arc::new(RecordingNotifier::default());
+    let store = store.with_notifier(notifier.clone());
+    let users = users_table(&store).await;
+
+    let (tx, _) = registration(&store, &users, 1, "ada@example.com").await.unwrap();
+    drop(tx);
+    let (tx, _) = registration(&store, &users, 2, "grace@example.com").await.unwrap();
+    tx.rollback().await.unwrap();
+
+    assert_eq!(count(store.connection(), &users).await, 0, "no business row");
+    assert_eq!(store.stats().await.unwrap().pending, 0, "no message");
+    assert!(notifier.calls().is_empty(), "no notify");
+    // Neither left a lock behind (SQLite's write lock included): the next transaction commits.
+    let (tx, _) = registration(&store, &users, 1, "ada@example.com").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count(store.connection(), &users).await, 1);
+    assert_eq!(notifier.calls().len(), 1);
+}
+
+async fn duplicate_in_your_unique_column_is_a_unique_violation(store: SqlStore) {
+    let notifier = Arc::new(RecordingNotifier::default());
+    let store = store.with_notifier(notifier.clone());
+    let users = users_table(&store).await;
+    insert_user(store.connection(), &users, 1, "ada@example.com").await.unwrap();
+
+    let err = registration(&store, &users, 2, "ada@example.com").await.unwrap_err();
+
+    assert!(err.is_unique_violation(), "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(matches!(err, WriteError::Database(_)), "your table's error, not the outbox's: {err:?}");
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(source.downcast_ref::<DbErr>().is_some(), "the DbErr is the source: {source:?}");
+    assert!(!err.to_string().contains("outbox migration"), "{err}");
+    assert!(err.to_string().contains("email"), "names your column or its key: {err}");
+    // Where the outbox's own error type is wanted, it still is no outbox-schema error.
+    let outbox_err = Error::from(err);
+    assert!(!matches!(outbox_err, Error::MissingSchema { .. }) && !outbox_err.is_temporary(), "{outbox_err:?}");
+
+    assert_eq!(store.stats().await.unwrap().pending, 0, "the failed registration enqueued nothing");
+    assert!(notifier.calls().is_empty());
+    // The outbox's own unique violation (a message id stored twice) is no violation of yours.
+    let dup = NewMessage::new("write.dup", "x");
+    store.enqueue(vec![dup.clone()]).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue_message(dup).unwrap();
+    let err = tx.commit().await.unwrap_err();
+    assert!(matches!(err, WriteError::Outbox(_)) && !err.is_unique_violation(), "{err:?}");
+}
+
+async fn transaction_helper_keeps_your_db_errors(store: SqlStore) {
+    let users = users_table(&store).await;
+    let register = |id: i64| {
+        let users = users.clone();
+        store.transaction(move |txn| {
+            Box::pin(async move {
+                insert_user(txn, &users, id, "ada@example.com").await?;
+                let event = NewMessage::from_event(&UserRegistered { user_id: id, email: "ada@example.com".into() })?;
+                Ok::<_, WriteError>((id, vec![event]))
+            })
+        })
+    };
+    assert_eq!(register(1).await.unwrap(), 1);
+    let err = register(2).await.unwrap_err();
+    assert!(err.is_unique_violation(), "{err:?}");
+    assert_eq!(count(store.connection(), &users).await, 1);
+    assert_eq!(store.stats().await.unwrap().pending, 1);
+}
+
+async fn entity_reads_the_configured_table(store: SqlStore) {
+    assert_ne!(store.config().table, outbox_sea_orm::DEFAULT_TABLE, "the fixture's table has a name of its own");
+    let mut tx = store.begin().await.unwrap();
+    let first = tx.enqueue_message(NewMessage::new("entity.read", "a").key("k").header("h", "v")).unwrap();
+    let second = tx.enqueue_message(NewMessage::new("entity.read", "b")).unwrap();
+    tx.enqueue_message(NewMessage::new("entity.other", "c")).unwrap();
+    tx.commit().await.unwrap();
+
+    let outbox = entity::Entity::of(store.config());
+    let rows = outbox
+        .select()
+        .filter(entity::Column::Topic.eq("entity.read"))
+        .order_by_asc(entity::Column::Seq)
+        .all(store.connection())
+        .await
+        .unwrap();
+    let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![first.as_uuid(), second.as_uuid()]);
+    assert_eq!((rows[0].payload.as_slice(), rows[0].msg_key.as_deref()), (&b"a"[..], Some("k")));
+    assert_eq!(rows[0].headers, r#"{"h":"v"}"#);
+    assert!(rows.iter().all(|r| r.status == status::PENDING && r.attempts == 0));
+    let by_id = outbox.select().filter(entity::Column::Id.eq(second.as_uuid())).one(store.connection()).await.unwrap();
+    assert_eq!(by_id.map(|r| r.payload), Some(b"b".to_vec()));
+}
+
+/// Two serializable transactions that each read the table and then insert: Postgres fails
+/// one of them, and the failure is retryable, not an outbox error.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_serialization_failure_is_retryable() {
+    let Some(store) = common::store(common::Backend::Postgres, Default::default()).await else { return };
+    let notifier = Arc::new(RecordingNotifier::default());
+    let store = store.with_notifier(notifier.clone());
+    let users = users_table(&store).await;
+    let serializable = "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE";
+
+    let mut first = store.begin().await.unwrap();
+    let mut second = store.begin().await.unwrap();
+    for (tx, id) in [(&mut first, 1), (&mut second, 2)] {
+        tx.execute_unprepared(serializable).await.unwrap();
+        assert_eq!(count(&**tx, &users).await, 0);
+        insert_user(&**tx, &users, id, &format!("u{id}@example.com")).await.unwrap();
+        tx.enqueue_message(NewMessage::new("users.registered", id.to_string())).unwrap();
+    }
+    first.commit().await.unwrap();
+    let err = second.commit().await.unwrap_err();
+
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(matches!(&err, WriteError::Database(e) if e.to_string().contains("could not serialize")), "{err:?}");
+    assert!(!err.is_unique_violation());
+    assert_eq!(notifier.calls().len(), 1, "only the committed one notified");
     assert_eq!(store.stats().await.unwrap().pending, 1);
 }

@@ -1,6 +1,7 @@
 //! The auth service from the article this project grew from, made real: `POST /users`
-//! registers a user and enqueues `UserRegistered` in the same transaction; a relay in the same
-//! process publishes it to NATS JetStream or Redis Streams; `GET /outbox/status` shows the
+//! inserts a user (a SeaORM entity) and enqueues `UserRegistered` in the same transaction, and
+//! answers 409 Conflict for an email that is already registered; a relay in the same process
+//! publishes the event to NATS JetStream or Redis Streams; `GET /outbox/status` shows the
 //! backlog.
 
 use std::sync::Arc;
@@ -9,10 +10,33 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use outbox::sea_orm::{SqlStore, SqlStoreConfig, connect_sqlite, migrate};
-use outbox::{Bus, ChannelNotifier, NewMessage, OutboxEvent, OutboxStore, Relay, RelayHandle};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use outbox::sea_orm::{SqlStore, SqlStoreConfig, WriteError, connect_sqlite, migrate};
+use outbox::{Bus, ChannelNotifier, OutboxEvent, OutboxStore, Relay, RelayHandle};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, Schema, Set};
 use serde::{Deserialize, Serialize};
+
+/// The `users` table.
+pub mod users {
+    use sea_orm::entity::prelude::*;
+
+    /// One registered user.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        /// A UUIDv7, assigned by the service.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Unique: a second registration with it is refused with 409 Conflict.
+        #[sea_orm(unique)]
+        pub email: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
 
 /// Where the service keeps its data and sends its events.
 #[derive(Clone, Debug)]
@@ -23,8 +47,6 @@ pub struct Settings {
     pub bus: BusSettings,
     /// Outbox table name.
     pub outbox_table: String,
-    /// Users table name.
-    pub users_table: String,
 }
 
 /// Which broker, and where.
@@ -61,7 +83,6 @@ impl Settings {
             database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://auth-service.db".into()),
             bus,
             outbox_table: var("OUTBOX_TABLE").unwrap_or_else(|| outbox::sea_orm::DEFAULT_TABLE.into()),
-            users_table: var("USERS_TABLE").unwrap_or_else(|| "users".into()),
         })
     }
 }
@@ -94,7 +115,6 @@ pub struct Register {
 #[derive(Clone)]
 struct App {
     store: SqlStore,
-    users_table: String,
 }
 
 type ApiError = (StatusCode, String);
@@ -110,31 +130,24 @@ async fn register(
     if !body.email.contains('@') {
         return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("`{}` is not an email address", body.email)));
     }
-    let event = UserRegistered { user_id: uuid::Uuid::now_v7().to_string(), email: body.email };
-    let (table, row) = (app.users_table.clone(), event.clone());
-    // The user row and its event commit together; the relay is notified after commit.
-    app.store
-        .transaction(|txn| {
-            Box::pin(async move {
-                let insert = Statement::from_sql_and_values(
-                    txn.get_database_backend(),
-                    format!("INSERT INTO {table} (id, email) VALUES ({}, {})", ph(txn, 1), ph(txn, 2)),
-                    [row.user_id.clone().into(), row.email.clone().into()],
-                );
-                txn.execute_raw(insert).await.map_err(|e| outbox::Error::permanent("users", e.to_string(), None))?;
-                Ok::<_, outbox::Error>(((), vec![NewMessage::from_event(&row)?]))
-            })
-        })
-        .await
-        .map_err(internal)?;
-    Ok((StatusCode::CREATED, Json(event)))
+    let email = body.email.clone();
+    match create_user(&app.store, body.email).await {
+        Ok(event) => Ok((StatusCode::CREATED, Json(event))),
+        Err(e) if e.is_unique_violation() => Err((StatusCode::CONFLICT, format!("`{email}` is already registered"))),
+        Err(e) if e.is_retryable() => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => Err(internal(e)),
+    }
 }
 
-fn ph(conn: &impl ConnectionTrait, n: usize) -> String {
-    match conn.get_database_backend() {
-        DbBackend::Postgres => format!("${n}"),
-        _ => "?".into(),
-    }
+/// The user row and its event commit together; the relay is notified after the commit.
+async fn create_user(store: &SqlStore, email: String) -> Result<UserRegistered, WriteError> {
+    let mut tx = store.begin().await?;
+    let user = users::ActiveModel { id: Set(uuid::Uuid::now_v7().to_string()), email: Set(email) };
+    let user = user.insert(&*tx).await?;
+    let event = UserRegistered { user_id: user.id, email: user.email };
+    tx.enqueue(&event)?;
+    tx.commit().await?;
+    Ok(event)
 }
 
 async fn status(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -179,19 +192,14 @@ async fn bus(settings: &BusSettings) -> outbox::Result<Arc<dyn Bus>> {
 /// Creates the schema, starts the relay and returns the HTTP routes.
 pub async fn start(settings: &Settings) -> outbox::Result<(Router, RelayHandle)> {
     let db = connect(&settings.database_url).await?;
-    let id_type = if db.get_database_backend() == DbBackend::Sqlite { "TEXT" } else { "VARCHAR(36)" };
-    db.execute_unprepared(&format!(
-        "CREATE TABLE IF NOT EXISTS {} (id {id_type} PRIMARY KEY, email VARCHAR(255) NOT NULL UNIQUE)",
-        settings.users_table
-    ))
-    .await
-    .map_err(|e| outbox::Error::permanent("users", e.to_string(), None))?;
+    let mut users = Schema::new(db.get_database_backend()).create_table_from_entity(users::Entity);
+    db.execute(users.if_not_exists()).await.map_err(WriteError::from)?;
     let config = SqlStoreConfig::default().table(settings.outbox_table.clone());
     migrate(&db, &config).await?;
     let notifier = Arc::new(ChannelNotifier::new(4096));
     let store = SqlStore::new(db, config)?.with_notifier(notifier.clone());
     let relay = Relay::builder(Arc::new(store.clone()), bus(&settings.bus).await?).notifier(notifier).build()?.spawn();
-    let app = App { store, users_table: settings.users_table.clone() };
+    let app = App { store };
     let routes = Router::new().route("/users", post(register)).route("/outbox/status", get(status)).with_state(app);
     Ok((routes, relay))
 }

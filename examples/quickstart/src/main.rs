@@ -7,12 +7,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox::sea_orm::{SqlStore, SqlStoreConfig, connect_sqlite, migrate};
+use outbox::sea_orm::{SqlStore, SqlStoreConfig, WriteError, connect_sqlite, migrate};
 use outbox::{
-    Bus, ChannelNotifier, FallbackConfig, MemoryBus, NewMessage, OutboxEvent, OutboxMessage, OutboxStore,
-    PublishOutcome, Relay,
+    Bus, ChannelNotifier, FallbackConfig, MemoryBus, OutboxEvent, OutboxMessage, OutboxStore, PublishOutcome, Relay,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, Schema, Set};
+
+/// The business table: a SeaORM entity like any other.
+mod users {
+    use sea_orm::entity::prelude::*;
+
+    /// One registered user.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub(crate) struct Model {
+        /// Assigned by the database.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// Unique: registering it twice fails with a unique violation.
+        #[sea_orm(unique)]
+        pub email: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
 
 /// The domain event, as the auth service of the original article raises it.
 #[derive(serde::Serialize)]
@@ -52,36 +74,17 @@ impl Bus for PrintBus {
 }
 
 /// Registers a user: the business row and its event commit together, then the relay is notified.
-async fn register(store: &SqlStore, email: &str) -> outbox::Result<i64> {
-    let email = email.to_owned();
-    store
-        .transaction(|txn| {
-            Box::pin(async move {
-                let row = txn
-                    .query_one_raw(Statement::from_sql_and_values(
-                        txn.get_database_backend(),
-                        "INSERT INTO users (email) VALUES (?) RETURNING id",
-                        [email.clone().into()],
-                    ))
-                    .await
-                    .map_err(|e| outbox::Error::permanent("app", e.to_string(), None))?
-                    .ok_or_else(|| outbox::Error::permanent("app", "no id returned", None))?;
-                let user_id: i64 =
-                    row.try_get("", "id").map_err(|e| outbox::Error::permanent("app", e.to_string(), None))?;
-                let event = NewMessage::from_event(&UserRegistered { user_id, email })?;
-                Ok((user_id, vec![event]))
-            })
-        })
-        .await
+async fn register(store: &SqlStore, email: &str) -> Result<i64, WriteError> {
+    let mut tx = store.begin().await?;
+    let user = users::ActiveModel { email: Set(email.to_owned()), ..Default::default() }.insert(&*tx).await?;
+    tx.enqueue(&UserRegistered { user_id: user.id, email: user.email })?;
+    tx.commit().await?;
+    Ok(user.id)
 }
 
-async fn create_schema(db: &DatabaseConnection) -> outbox::Result<()> {
-    db.execute_unprepared(
-        "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL UNIQUE)",
-    )
-    .await
-    .map_err(|e| outbox::Error::permanent("app", e.to_string(), None))?;
-    migrate(db, &SqlStoreConfig::default()).await
+async fn create_schema(db: &DatabaseConnection) -> Result<(), WriteError> {
+    db.execute(&Schema::new(db.get_database_backend()).create_table_from_entity(users::Entity)).await?;
+    Ok(migrate(db, &SqlStoreConfig::default()).await?)
 }
 
 #[tokio::main]
