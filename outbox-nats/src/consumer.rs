@@ -31,24 +31,22 @@
 //! # fn main() {}
 //! ```
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, Message};
-use futures::{FutureExt, StreamExt};
-use outbox_core::consumer::metrics::{
-    CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_PROCESSED, CONSUMER_RETRIED,
+use futures::StreamExt;
+pub use outbox_core::consumer::ConsumerStats;
+use outbox_core::consumer::{
+    ConsumerConfig, ConsumerCounters, Counted, Delivery, Handler, HandlerError, Processed, delivery_span,
+    guarded_handle,
 };
-use outbox_core::consumer::{ConsumerConfig, Delivery, Handler, HandlerError, Processed};
 use outbox_core::message::HEADER_KEY;
 use outbox_core::{Error, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 use crate::error::temporary;
 use crate::message::NATS_MSG_ID;
@@ -69,29 +67,6 @@ pub struct JetStreamConsumer {
     filter_subject: Option<String>,
     dead_letter_subject: String,
     config: ConsumerConfig,
-}
-
-/// Counts of a running consumer since it started (also recorded as metrics, see
-/// [`outbox_core::consumer::metrics`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConsumerStats {
-    /// Messages handled and acknowledged.
-    pub processed: u64,
-    /// Deliveries the handler reported as [`Processed::Duplicate`].
-    pub duplicates: u64,
-    /// Failed deliveries handed back for a later retry.
-    pub retried: u64,
-    /// Messages published to the dead-letter subject.
-    pub dead_lettered: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    processed: AtomicU64,
-    duplicates: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
 }
 
 impl JetStreamConsumer {
@@ -158,7 +133,7 @@ impl JetStreamConsumer {
             .await
             .map_err(|e| temporary(format!("consumer {} on {}", self.durable, self.stream), e))?;
         let (stop, stopped) = watch::channel(false);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(ConsumerCounters::default());
         let runner = Runner { spec: Arc::new(self), consumer, handler: Arc::new(handler), counters: counters.clone() };
         let task = tokio::spawn(runner.run(stopped));
         Ok(ConsumerHandle { stop, task, counters })
@@ -170,19 +145,13 @@ impl JetStreamConsumer {
 pub struct ConsumerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    counters: Arc<Counters>,
+    counters: Arc<ConsumerCounters>,
 }
 
 impl ConsumerHandle {
     /// Counts since it started.
     pub fn stats(&self) -> ConsumerStats {
-        let c = &self.counters;
-        ConsumerStats {
-            processed: c.processed.load(Ordering::Relaxed),
-            duplicates: c.duplicates.load(Ordering::Relaxed),
-            retried: c.retried.load(Ordering::Relaxed),
-            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     /// Stops fetching, lets the handlers in flight finish and acknowledges them, then returns.
@@ -203,7 +172,7 @@ struct Runner<H> {
     spec: Arc<JetStreamConsumer>,
     consumer: PullConsumer,
     handler: Arc<H>,
-    counters: Arc<Counters>,
+    counters: Arc<ConsumerCounters>,
 }
 
 impl<H: Handler> Runner<H> {
@@ -253,44 +222,28 @@ impl<H: Handler> Runner<H> {
                 }
             }
         }
-        let span = tracing::info_span!(
-            "outbox.consume",
-            consumer = %self.spec.durable,
-            message_id = %delivery.id,
-            subject = %delivery.subject,
-            attempt = delivered,
-            traceparent = tracing::field::Empty,
-        );
-        if let Some(tp) = delivery.traceparent() {
-            span.record("traceparent", tp);
-        }
+        let span = delivery_span(&self.spec.durable, &delivery);
         let subject = delivery.subject.clone();
-        let outcome = AssertUnwindSafe(self.handler.handle(delivery))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-            .unwrap_or_else(|_| Err(HandlerError::retry("the handler panicked")));
+        let outcome = guarded_handle(self.handler.as_ref(), delivery, &span).await;
         let _enter = span.enter();
-        let label = self.spec.durable.clone();
+        let label = self.spec.durable.as_str();
         match outcome {
             Ok(processed) => {
-                let (counter, metric) = match processed {
-                    Processed::Done(()) => (&self.counters.processed, CONSUMER_PROCESSED),
-                    Processed::Duplicate => (&self.counters.duplicates, CONSUMER_DUPLICATES),
+                let counted = match processed {
+                    Processed::Done(()) => Counted::Processed,
+                    Processed::Duplicate => Counted::Duplicate,
                 };
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, "ack failed; the message will be redelivered (and skipped by the inbox)");
                     return;
                 }
-                counter.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metric, "consumer" => label).increment(1);
+                self.counters.count(counted, label);
             }
             Err(e) if e.is_retryable() && delivered < self.spec.config.max_deliveries => {
                 let delay = self.spec.config.retry_delay(delivered);
                 tracing::warn!(error = %e, ?delay, "handler failed; redelivering later");
                 self.nak(&msg, delay).await;
-                self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CONSUMER_RETRIED, "consumer" => label).increment(1);
+                self.counters.count(Counted::Retried, label);
             }
             Err(e) => {
                 tracing::error!(error = %e, deliveries = delivered, "dead-lettering");
@@ -302,8 +255,7 @@ impl<H: Handler> Runner<H> {
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %e, "term failed after dead-lettering");
                 }
-                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CONSUMER_DEAD_LETTERED, "consumer" => label).increment(1);
+                self.counters.count(Counted::DeadLettered, label);
             }
         }
     }

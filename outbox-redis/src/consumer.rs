@@ -23,22 +23,19 @@
 //! # Ok(()) }
 //! ```
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::{FutureExt, StreamExt};
-use outbox_core::consumer::metrics::{
-    CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_PROCESSED, CONSUMER_RETRIED,
+use futures::StreamExt;
+use outbox_core::consumer::{
+    ConsumerConfig, ConsumerCounters, ConsumerStats, Counted, Delivery, Handler, Processed, delivery_span,
+    guarded_handle,
 };
-use outbox_core::consumer::{ConsumerConfig, Delivery, Handler, HandlerError, Processed};
 use outbox_core::{Error, Result};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 use crate::bus::PAYLOAD_FIELD;
 
@@ -69,24 +66,6 @@ impl std::fmt::Debug for RedisStreamsConsumer {
             .finish_non_exhaustive()
     }
 }
-
-/// Counts of a running consumer since it started (also recorded as metrics, see
-/// [`outbox_core::consumer::metrics`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisConsumerStats {
-    /// Entries handled and acknowledged.
-    pub processed: u64,
-    /// Entries the handler reported as [`Processed::Duplicate`].
-    pub duplicates: u64,
-    /// Failed deliveries left pending for a later claim.
-    pub retried: u64,
-    /// Entries moved to the dead-letter stream.
-    pub dead_lettered: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters([AtomicU64; 4]);
 
 impl RedisStreamsConsumer {
     /// Consumer `consumer` of group `group` on `stream`, dead-lettering to
@@ -132,7 +111,7 @@ impl RedisStreamsConsumer {
             return Err(crate::map_err(format!("XGROUP CREATE {} {}", self.stream, self.group), e));
         }
         let (stop, stopped) = watch::channel(false);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(ConsumerCounters::default());
         let runner = Runner { spec: Arc::new(self), handler: Arc::new(handler), counters: counters.clone() };
         let task = tokio::spawn(runner.run(stopped));
         Ok(RedisConsumerHandle { stop, task, counters })
@@ -144,19 +123,13 @@ impl RedisStreamsConsumer {
 pub struct RedisConsumerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    counters: Arc<Counters>,
+    counters: Arc<ConsumerCounters>,
 }
 
 impl RedisConsumerHandle {
     /// Counts since it started.
-    pub fn stats(&self) -> RedisConsumerStats {
-        let [processed, duplicates, retried, dead_lettered] = &self.counters.0;
-        RedisConsumerStats {
-            processed: processed.load(Ordering::Relaxed),
-            duplicates: duplicates.load(Ordering::Relaxed),
-            retried: retried.load(Ordering::Relaxed),
-            dead_lettered: dead_lettered.load(Ordering::Relaxed),
-        }
+    pub fn stats(&self) -> ConsumerStats {
+        self.counters.snapshot()
     }
 
     /// Stops reading, lets the handlers in flight finish and acknowledges them.
@@ -175,7 +148,7 @@ impl RedisConsumerHandle {
 struct Runner<H> {
     spec: Arc<RedisStreamsConsumer>,
     handler: Arc<H>,
-    counters: Arc<Counters>,
+    counters: Arc<ConsumerCounters>,
 }
 
 impl<H: Handler> Runner<H> {
@@ -240,44 +213,27 @@ impl<H: Handler> Runner<H> {
                 delivery = delivery.with_header(name.as_str(), value);
             }
         }
-        let span = tracing::info_span!(
-            "outbox.consume",
-            consumer = %spec.group,
-            message_id = %delivery.id,
-            subject = %spec.stream,
-            attempt = delivered,
-            traceparent = tracing::field::Empty,
-        );
-        if let Some(tp) = delivery.traceparent() {
-            span.record("traceparent", tp);
-        }
-        let outcome = AssertUnwindSafe(self.handler.handle(delivery))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-            .unwrap_or_else(|_| Err(HandlerError::retry("the handler panicked")));
+        let span = delivery_span(&spec.group, &delivery);
+        let outcome = guarded_handle(self.handler.as_ref(), delivery, &span).await;
         let _enter = span.enter();
         let mut conn = spec.conn.clone();
-        let label = spec.group.clone();
-        let [processed, duplicates, retried, dead_lettered] = &self.counters.0;
+        let label = spec.group.as_str();
         match outcome {
             Ok(done) => {
-                let (counter, metric) = match done {
-                    Processed::Done(()) => (processed, CONSUMER_PROCESSED),
-                    Processed::Duplicate => (duplicates, CONSUMER_DUPLICATES),
+                let counted = match done {
+                    Processed::Done(()) => Counted::Processed,
+                    Processed::Duplicate => Counted::Duplicate,
                 };
                 let acked: redis::RedisResult<u64> = conn.xack(&spec.stream, &spec.group, &[&entry.id]).await;
                 if let Err(e) = acked {
                     tracing::warn!(error = %e, "XACK failed; the entry will be claimed again (and skipped by the inbox)");
                     return;
                 }
-                counter.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metric, "consumer" => label).increment(1);
+                self.counters.count(counted, label);
             }
             Err(e) if e.is_retryable() && delivered < spec.config.max_deliveries => {
                 tracing::warn!(error = %e, "handler failed; the entry is claimed again after ack_wait");
-                retried.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CONSUMER_RETRIED, "consumer" => label).increment(1);
+                self.counters.count(Counted::Retried, label);
             }
             Err(e) => {
                 tracing::error!(error = %e, deliveries = delivered, "dead-lettering");
@@ -299,8 +255,7 @@ impl<H: Handler> Runner<H> {
                     tracing::warn!(error = %e, "dead-lettering failed; the entry is claimed again after ack_wait");
                     return;
                 }
-                dead_lettered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CONSUMER_DEAD_LETTERED, "consumer" => label).increment(1);
+                self.counters.count(Counted::DeadLettered, label);
             }
         }
     }

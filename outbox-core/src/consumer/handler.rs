@@ -201,7 +201,11 @@ where
 {
     async fn handle(&self, delivery: Delivery) -> HandlerResult {
         let value = serde_json::from_slice::<T>(&delivery.payload).map_err(|e| HandlerError {
-            message: format!("payload of message {} does not decode as {}: {e}", delivery.id, std::any::type_name::<T>()),
+            message: format!(
+                "payload of message {} does not decode as {}: {e}",
+                delivery.id,
+                std::any::type_name::<T>()
+            ),
             retryable: false,
             source: Some(Box::new(e)),
         })?;

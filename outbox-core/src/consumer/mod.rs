@@ -8,7 +8,9 @@ mod config;
 mod delivery;
 mod handler;
 pub mod metrics;
+mod stats;
 
 pub use config::ConsumerConfig;
 pub use delivery::Delivery;
 pub use handler::{Handler, HandlerError, HandlerResult, Json, Processed, handler_fn, json_handler};
+pub use stats::{ConsumerCounters, ConsumerStats, Counted, delivery_span, guarded_handle};
