@@ -38,15 +38,13 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::StreamExt;
-pub use outbox_core::consumer::ConsumerStats;
 use outbox_core::consumer::{
-    ConsumerConfig, ConsumerCounters, Counted, Delivery, Handler, HandlerError, Processed, delivery_span,
+    ConsumerConfig, ConsumerCounters, Counted, Delivery, Handler, HandlerError, Processed, Shutdown, delivery_span,
     guarded_handle,
 };
+pub use outbox_core::consumer::{ConsumerHandle, ConsumerStats};
 use outbox_core::message::HEADER_KEY;
 use outbox_core::{Error, Result};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::error::temporary;
 use crate::message::NATS_MSG_ID;
@@ -132,39 +130,10 @@ impl JetStreamConsumer {
             .get_or_create_consumer(&self.durable, consumer_config)
             .await
             .map_err(|e| temporary(format!("consumer {} on {}", self.durable, self.stream), e))?;
-        let (stop, stopped) = watch::channel(false);
-        let counters = Arc::new(ConsumerCounters::default());
-        let runner = Runner { spec: Arc::new(self), consumer, handler: Arc::new(handler), counters: counters.clone() };
-        let task = tokio::spawn(runner.run(stopped));
-        Ok(ConsumerHandle { stop, task, counters })
-    }
-}
-
-/// A running consumer.
-#[derive(Debug)]
-pub struct ConsumerHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    counters: Arc<ConsumerCounters>,
-}
-
-impl ConsumerHandle {
-    /// Counts since it started.
-    pub fn stats(&self) -> ConsumerStats {
-        self.counters.snapshot()
-    }
-
-    /// Stops fetching, lets the handlers in flight finish and acknowledges them, then returns.
-    /// Messages fetched but not started are left to JetStream's redelivery.
-    pub async fn shutdown(self) -> Result<()> {
-        let _ = self.stop.send(true);
-        self.task.await.map_err(|e| Error::permanent("nats", format!("consumer task failed: {e}"), None))
-    }
-
-    /// Stops at once, like a killed process: handlers in flight are dropped unacknowledged
-    /// and their messages come back after `ack_wait`.
-    pub fn abort(self) {
-        self.task.abort();
+        let spec = Arc::new(self);
+        Ok(ConsumerHandle::spawn("nats", move |shutdown, counters| {
+            Runner { spec, consumer, handler: Arc::new(handler), counters }.run(shutdown)
+        }))
     }
 }
 
@@ -176,12 +145,12 @@ struct Runner<H> {
 }
 
 impl<H: Handler> Runner<H> {
-    async fn run(self, mut stopped: watch::Receiver<bool>) {
+    async fn run(self, mut shutdown: Shutdown) {
         let config = &self.spec.config;
-        while !*stopped.borrow() {
+        while !shutdown.is_requested() {
             let fetch = self.consumer.fetch().max_messages(config.batch).expires(config.fetch_wait).messages();
             let batch = tokio::select! {
-                _ = stopped.changed() => break,
+                () = shutdown.requested() => break,
                 batch = fetch => batch,
             };
             let messages: Vec<Message> = match batch {
@@ -189,7 +158,7 @@ impl<H: Handler> Runner<H> {
                 Err(e) => {
                     tracing::warn!(consumer = %self.spec.durable, error = %e, "fetch failed; retrying");
                     tokio::select! {
-                        _ = stopped.changed() => break,
+                        () = shutdown.requested() => break,
                         () = tokio::time::sleep(config.fetch_wait) => continue,
                     }
                 }

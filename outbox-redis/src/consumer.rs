@@ -26,16 +26,14 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+pub use outbox_core::consumer::ConsumerHandle;
 use outbox_core::consumer::{
-    ConsumerConfig, ConsumerCounters, ConsumerStats, Counted, Delivery, Handler, Processed, delivery_span,
-    guarded_handle,
+    ConsumerConfig, ConsumerCounters, Counted, Delivery, Handler, Processed, Shutdown, delivery_span, guarded_handle,
 };
 use outbox_core::{Error, Result};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::bus::PAYLOAD_FIELD;
 
@@ -96,7 +94,7 @@ impl RedisStreamsConsumer {
     }
 
     /// Validates the settings, creates the group if needed and starts reading.
-    pub async fn spawn<H: Handler>(self, handler: H) -> Result<RedisConsumerHandle> {
+    pub async fn spawn<H: Handler>(self, handler: H) -> Result<ConsumerHandle> {
         self.config.validate()?;
         for (field, value) in [("consumer.group", &self.group), ("consumer.name", &self.consumer)] {
             if value.is_empty() {
@@ -110,38 +108,10 @@ impl RedisStreamsConsumer {
         {
             return Err(crate::map_err(format!("XGROUP CREATE {} {}", self.stream, self.group), e));
         }
-        let (stop, stopped) = watch::channel(false);
-        let counters = Arc::new(ConsumerCounters::default());
-        let runner = Runner { spec: Arc::new(self), handler: Arc::new(handler), counters: counters.clone() };
-        let task = tokio::spawn(runner.run(stopped));
-        Ok(RedisConsumerHandle { stop, task, counters })
-    }
-}
-
-/// A running Redis Streams consumer.
-#[derive(Debug)]
-pub struct RedisConsumerHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    counters: Arc<ConsumerCounters>,
-}
-
-impl RedisConsumerHandle {
-    /// Counts since it started.
-    pub fn stats(&self) -> ConsumerStats {
-        self.counters.snapshot()
-    }
-
-    /// Stops reading, lets the handlers in flight finish and acknowledges them.
-    pub async fn shutdown(self) -> Result<()> {
-        let _ = self.stop.send(true);
-        self.task.await.map_err(|e| Error::permanent("redis", format!("consumer task failed: {e}"), None))
-    }
-
-    /// Stops at once, like a killed process: entries in flight stay pending and are claimed
-    /// by another consumer after `ack_wait`.
-    pub fn abort(self) {
-        self.task.abort();
+        let spec = Arc::new(self);
+        Ok(ConsumerHandle::spawn("redis", move |shutdown, counters| {
+            Runner { spec, handler: Arc::new(handler), counters }.run(shutdown)
+        }))
     }
 }
 
@@ -152,13 +122,13 @@ struct Runner<H> {
 }
 
 impl<H: Handler> Runner<H> {
-    async fn run(self, mut stopped: watch::Receiver<bool>) {
+    async fn run(self, mut shutdown: Shutdown) {
         let config = &self.spec.config;
         let mut conn = self.spec.conn.clone();
-        while !*stopped.borrow() {
+        while !shutdown.is_requested() {
             let read = self.read(&mut conn);
             let entries = tokio::select! {
-                _ = stopped.changed() => break,
+                () = shutdown.requested() => break,
                 entries = read => entries,
             };
             let entries = match entries {
@@ -166,7 +136,7 @@ impl<H: Handler> Runner<H> {
                 Err(e) => {
                     tracing::warn!(group = %self.spec.group, error = %e, "read failed; retrying");
                     tokio::select! {
-                        _ = stopped.changed() => break,
+                        () = shutdown.requested() => break,
                         () = tokio::time::sleep(config.fetch_wait) => continue,
                     }
                 }

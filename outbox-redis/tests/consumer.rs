@@ -11,7 +11,7 @@ use std::time::Duration;
 use outbox_core::consumer::{ConsumerConfig, ConsumerStats, Delivery, HandlerError, Processed, handler_fn};
 use outbox_core::testkit::eventually;
 use outbox_redis::PAYLOAD_FIELD;
-use outbox_redis::consumer::{FIELD_DELIVERIES, FIELD_ERROR, RedisConsumerHandle, RedisStreamsConsumer};
+use outbox_redis::consumer::{FIELD_DELIVERIES, FIELD_ERROR, RedisStreamsConsumer};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -39,7 +39,7 @@ impl Effects {
     }
 }
 
-async fn wait_for(handle: &RedisConsumerHandle, what: &str, done: impl Fn(ConsumerStats) -> bool) {
+async fn wait_for(handle: &outbox_core::consumer::ConsumerHandle, what: &str, done: impl Fn(ConsumerStats) -> bool) {
     eventually(what, WAIT, || {
         let ok = done(handle.stats());
         async move { ok.then_some(()) }

@@ -6,11 +6,13 @@
 
 mod config;
 mod delivery;
+mod handle;
 mod handler;
 pub mod metrics;
 mod stats;
 
 pub use config::ConsumerConfig;
 pub use delivery::Delivery;
+pub use handle::{ConsumerHandle, Shutdown};
 pub use handler::{Handler, HandlerError, HandlerResult, Json, Processed, handler_fn, json_handler};
 pub use stats::{ConsumerCounters, ConsumerStats, Counted, delivery_span, guarded_handle};
