@@ -20,12 +20,12 @@
 //! db.execute_unprepared("CREATE TABLE shipments (order_id INTEGER)").await.unwrap();
 //! let inbox = Inbox::new(db, InboxConfig::default().consumer("shipping")).unwrap();
 //!
-//! let ship = |txn: &sea_orm::DatabaseTransaction| -> outbox_sea_orm::inbox::InboxFuture<'_, (), DbErr> {
+//! fn ship(txn: &sea_orm::DatabaseTransaction) -> outbox_sea_orm::inbox::InboxFuture<'_, (), DbErr> {
 //!     Box::pin(async move {
 //!         txn.execute_unprepared("INSERT INTO shipments (order_id) VALUES (7)").await?;
 //!         Ok(())
 //!     })
-//! };
+//! }
 //! let first = inbox.process("0190c1a4-0000-7000-8000-000000000007", ship).await?;
 //! let again = inbox.process("0190c1a4-0000-7000-8000-000000000007", ship).await?;
 //! assert_eq!(first, Processed::Done(()));
