@@ -7,8 +7,8 @@ mod dashboard_support;
 use std::time::Duration;
 
 use common::{Db, wait_until};
-use outbox::OutboxStore;
 use dashboard_support::{Served, client, counts, csrf_in, dead_letter};
+use outbox::OutboxStore;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -217,7 +217,8 @@ async fn without_a_token_the_dashboard_is_read_only() {
         assert!(page.contains("replay and purge are disabled"), "{path}");
         assert!(!page.contains("name=\"csrf\""), "{path} has no forms");
     }
-    for path in [format!("/api/dead/{id}/replay"), "/api/dead/replay?all=true".into(), "/api/dead/purge?older_than=0s".into()]
+    for path in
+        [format!("/api/dead/{id}/replay"), "/api/dead/replay?all=true".into(), "/api/dead/purge?older_than=0s".into()]
     {
         let r = http.post(served.url(&path)).bearer_auth("anything").send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
@@ -253,5 +254,38 @@ async fn payloads_and_errors_are_escaped() {
     let list = http.get(served.url("/dead")).send().await.unwrap().text().await.unwrap();
     assert!(list.contains("bad &lt;img src=x onerror=alert(1)&gt;"), "{list}");
     assert!(!list.contains("<img src=x"));
+    db.drop_table().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_serves_the_dashboard_with_its_own_published_counter() {
+    let (Some(db), Some(sink)) = (Db::new().await, common::NatsSink::new().await) else { return };
+    let mut env = db.env();
+    env.extend([
+        ("NATS_URL", common::nats_url()),
+        ("OUTBOX_STREAM", sink.stream.clone()),
+        ("OUTBOX_PREFIX", sink.prefix.clone()),
+    ]);
+    let served = Served::start(
+        &env,
+        &["relay", "--bus", "nats", "--interval", "100ms", "--min-age", "0s", "--dashboard-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let http = client();
+    db.write("orders", 40, 4, 10).await;
+    let counted = wait_until(Duration::from_secs(30), || async {
+        let series: Value = http.get(served.url("/api/series")).send().await.unwrap().json().await.unwrap();
+        let published: u64 = series["points"].as_array().unwrap().iter().filter_map(|p| p["published"].as_u64()).sum();
+        series["source"] == "relay" && published >= 40
+    })
+    .await;
+    assert!(counted, "the chart counts the relay's 40 publishes: {}", served.log());
+    assert!(sink.count().await >= 40);
+    let page = http.get(served.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("data-source=\"relay\""), "{page}");
+    assert!(page.contains("from the relay's own counter"));
+    assert!(page.contains("id=\"read-only\""), "no --dashboard-token: read-only");
+    drop(served);
+    sink.delete().await;
     db.drop_table().await;
 }

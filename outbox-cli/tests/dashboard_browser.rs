@@ -42,8 +42,8 @@ impl Driver {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let up = wait_until(WAIT, || async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() })
-            .await;
+        let up =
+            wait_until(WAIT, || async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() }).await;
         assert!(up, "chromedriver listening within {WAIT:?}");
         Self { child, port }
     }
@@ -152,7 +152,23 @@ async fn dashboard_in_chromium_shows_the_outbox_and_replays_a_dead_letter() {
     })
     .await;
     assert!(drawn, "the pending chart drew live samples");
-    assert_eq!(attr(&c, "#chart-pending", "data-last").await.as_deref(), Some(stats.pending.to_string().as_str()));
+    // More writes: the chart follows the pending count as it grows, and so do the figures.
+    for _ in 0..6 {
+        let points = attr(&c, "#chart-pending", "data-points").await.unwrap_or_default();
+        db.write("orders", 5, 4, 5).await;
+        let next = wait_until(WAIT, || async {
+            attr(&c, "#chart-pending", "data-points").await.unwrap_or_default() != points
+        })
+        .await;
+        assert!(next, "a new sample drawn");
+    }
+    let pending = db.store.stats().await.unwrap().pending.to_string();
+    let followed = wait_until(WAIT, || async {
+        attr(&c, "#chart-pending", "data-last").await.as_deref() == Some(pending.as_str())
+            && text(&c, "#stat-pending").await == pending
+    })
+    .await;
+    assert!(followed, "the chart's last sample and the figure show the {pending} pending");
     assert_eq!(attr(&c, "#chart", "data-source").await.as_deref(), Some("database"));
     assert_eq!(c.find_all(Locator::Css("#chart-pending polyline")).await.unwrap().len(), 1);
     assert!(text(&c, "#keys").await.contains("key-0"), "top keys listed");
@@ -176,7 +192,12 @@ async fn dashboard_in_chromium_shows_the_outbox_and_replays_a_dead_letter() {
     c.find(Locator::Id("token")).await.unwrap().send_keys(TOKEN).await.unwrap();
     c.find(Locator::Id("login-button")).await.unwrap().click().await.unwrap();
     let home = wait_until(WAIT, || async { c.current_url().await.is_ok_and(|u| u.path() == "/") }).await;
-    assert!(home, "back on the overview after logging in");
+    assert!(
+        home,
+        "back on the overview after logging in; at {:?}: {}",
+        c.current_url().await.map(|u| u.to_string()),
+        c.source().await.unwrap_or_default()
+    );
     assert!(c.find(Locator::Css("form[action=\"/logout\"]")).await.is_ok(), "logged in");
     c.goto(&served.url("/dead?topic=billing")).await.unwrap();
     assert_eq!(c.find_all(Locator::Css("#dead tbody tr")).await.unwrap().len(), 2, "billing's two dead letters");

@@ -144,9 +144,9 @@ pub(crate) async fn overview(State(d): State<Dashboard>, headers: HeaderMap, Que
         }
         section #chart data-source=(source) {
             h2 { "Published per second" }
-            svg #chart-published .chart viewBox="0 0 600 120" preserveAspectRatio="none" role="img" aria-label="published per second" {}
+            svg #chart-published .chart viewBox="0 0 600 120" role="img" aria-label="published per second" {}
             h2 { "Pending" }
-            svg #chart-pending .chart viewBox="0 0 600 120" preserveAspectRatio="none" role="img" aria-label="pending messages" {}
+            svg #chart-pending .chart viewBox="0 0 600 120" role="img" aria-label="pending messages" {}
             p #chart-note .note { "Last " (super::series::KEEP / 60) " minutes, updated every second. " (d.series.source.describe()) }
         }
         section {
@@ -336,7 +336,11 @@ pub(crate) async fn replay_one(
     }
 }
 
-pub(crate) async fn replay_topic(State(d): State<Dashboard>, headers: HeaderMap, Form(f): Form<ActionForm>) -> Response {
+pub(crate) async fn replay_topic(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Form(f): Form<ActionForm>,
+) -> Response {
     let viewer = Viewer::of(&d, &headers);
     if let Err(denied) = d.auth.authorize(&headers, f.csrf.as_deref()) {
         return error_page(&viewer, &denied.into());

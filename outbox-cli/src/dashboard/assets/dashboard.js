@@ -3,7 +3,7 @@
 "use strict";
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 600, H = 120, PAD = 4;
+  const H = 120, PAD = 4;
 
   function el(name, attrs, text) {
     const e = document.createElementNS(SVG, name);
@@ -15,6 +15,9 @@
   // values: [[t, v|null]], over the last `span` ms ending at `now`.
   function draw(svg, values, now, span, unit) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
+    // Drawn in CSS pixels, so the labels are not stretched.
+    const W = Math.max(100, Math.round(svg.getBoundingClientRect().width));
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     const known = values.filter(function (p) { return p[1] !== null; });
     const max = Math.max(1, ...known.map(function (p) { return p[1]; }));
     const x = function (t) { return W - ((now - t) / span) * W; };
@@ -53,7 +56,9 @@
   async function refreshSeries() {
     const s = await getJson("/api/series");
     const now = Date.now();
-    const span = 300 * 1000;
+    // The whole width until five minutes of samples exist.
+    const first = s.points.length ? s.points[0].t : now;
+    const span = Math.min(300 * 1000, Math.max(10 * 1000, now - first));
     draw(document.getElementById("chart-published"), s.points.map(function (p) { return [p.t, p.published]; }), now, span, "/s");
     draw(document.getElementById("chart-pending"), s.points.map(function (p) { return [p.t, p.pending]; }), now, span, "");
   }
