@@ -60,10 +60,13 @@ pub enum ClaimMode {
     /// stays open until `complete`/`fail` commits it, so claiming writes nothing. A relay
     /// that dies releases its rows with its connection; a stalled one is cut off by
     /// `idle_in_transaction_session_timeout`, set to the claim TTL. Each claim in flight
-    /// holds a pooled connection: at most half the pool, further claims take a lease. So do
-    /// claims by id of fewer than 32 messages (the listener at low rates, where no kept
-    /// transaction is usually waiting: a lease needs no `BEGIN`) and sweeps while they find
-    /// nothing (one statement when idle).
+    /// holds a pooled connection: at most half the pool, shared by every store on it; further
+    /// claims take a lease. So do claims by id of fewer than 32 messages (the listener at low
+    /// rates, where no kept transaction is usually waiting: a lease needs no `BEGIN`) and
+    /// sweeps while they find nothing (one statement when idle). A pool of one connection is
+    /// refused. A lost connection (a restart, a failover, a script that kills idle
+    /// transactions) frees the claim's rows at once, possibly mid-publish: see "Held claims"
+    /// in the operations guide (`docs/operations.md`).
     Transaction,
 }
 

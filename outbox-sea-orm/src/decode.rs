@@ -2,12 +2,13 @@
 //! position: from SeaORM's rows, or straight from sqlx's on the held-claim hot path (SeaORM
 //! builds an error string for every NULL it reads into an `Option`).
 
-use outbox_core::{Error, Headers, MessageId, OutboxMessage, Result, UnixMillis};
+use outbox_core::{Headers, MessageId, OutboxMessage, Result, UnixMillis};
 #[cfg(feature = "postgres")]
 use sea_orm::sqlx::{Column as _, Postgres, Row as _, postgres::PgRow, postgres::PgTypeInfo};
 use sea_orm::{DbErr, QueryResult};
 use uuid::Uuid;
 
+use crate::sql::Dialect;
 use crate::store::SqlStore;
 
 /// A decoded outbox row.
@@ -15,6 +16,39 @@ pub(crate) struct Row {
     pub(crate) seq: i64,
     pub(crate) finished_at: Option<UnixMillis>,
     pub(crate) message: OutboxMessage,
+}
+
+/// The names of [`MESSAGE_COLUMNS`](crate::schema::MESSAGE_COLUMNS), by position.
+const COLUMN_NAMES: [&str; 10] =
+    ["seq", "id", "topic", "msg_key", "payload", "headers", "created_at", "attempts", "last_error", "finished_at"];
+
+/// A row as read, and what kept it from being read fully.
+pub(crate) struct Decoded {
+    row: Row,
+    flaw: Option<Flaw>,
+}
+
+/// Why a row could not be read as a message (the first reason found).
+enum Flaw {
+    /// Every row fails alike: a column of another type than the relay reads.
+    Table(DbErr),
+    /// This row only: headers that are not a JSON object of strings, or (SQLite) a value of
+    /// another type. Claimed, the row is dead-lettered with this as its `last_error`.
+    Row(String),
+}
+
+/// A claimed row that cannot be published: it is dead-lettered with `reason`.
+#[derive(Debug)]
+pub(crate) struct Unreadable {
+    pub(crate) seq: i64,
+    pub(crate) id: MessageId,
+    pub(crate) reason: String,
+}
+
+impl Unreadable {
+    pub(crate) fn log(&self) {
+        tracing::warn!(seq = self.seq, id = %self.id, reason = %self.reason, "dead-lettered a row the relay cannot read");
+    }
 }
 
 /// Typed reads of a row's columns by position.
@@ -137,31 +171,82 @@ pub(crate) fn checked<'a>(
 
 impl SqlStore {
     /// Decodes a row whose first columns are [`MESSAGE_COLUMNS`](crate::schema::MESSAGE_COLUMNS).
-    pub(crate) fn decode(&self, row: &impl Columns) -> Result<Row> {
-        let e = |err: DbErr| self.db_err(err);
-        let id = row.uuid(1).map_err(e)?;
-        let headers =
-            row.with_text(5, |text| if text == "{}" { Ok(Headers::new()) } else { serde_json::from_str(text) });
-        let headers: Headers = headers.map_err(e)?.map_err(|err| {
-            Error::permanent(
-                self.backend(),
-                format!("message {id}: the headers column is not a JSON object of strings: {err}"),
-                Some(Box::new(err) as outbox_core::BoxError),
-            )
-        })?;
-        Ok(Row {
-            seq: row.int(0).map_err(e)?,
-            finished_at: row.maybe_int(9).map_err(e)?,
-            message: OutboxMessage {
-                id: MessageId(id),
-                topic: row.text(2).map_err(e)?,
-                key: row.maybe_text(3).map_err(e)?,
-                payload: row.bytes(4).map_err(e)?,
-                headers,
-                created_at: row.int(6).map_err(e)?,
-                attempts: u32::try_from(row.int4(7).map_err(e)?).unwrap_or(0),
-                last_error: row.maybe_text(8).map_err(e)?,
-            },
+    /// A value it cannot read is left at its default and reported as the row's [`Flaw`].
+    pub(crate) fn decode(&self, row: &impl Columns) -> Decoded {
+        let mut flaw = None;
+        let seq = match row.int(0) {
+            Ok(seq) => seq,
+            // Without its `seq` the row cannot even be dead-lettered.
+            Err(err) => {
+                flaw = Some(Flaw::Table(err));
+                0
+            }
+        };
+        let f = &mut flaw;
+        let id = self.read(f, 1, row.uuid(1));
+        let topic = self.read(f, 2, row.text(2));
+        let key = self.read(f, 3, row.maybe_text(3));
+        let payload = self.read(f, 4, row.bytes(4));
+        let headers = self.read(f, 5, row.with_text(5, parse_headers).map(Some)).unwrap_or(Ok(Headers::new()));
+        let created_at = self.read(f, 6, row.int(6));
+        let attempts = self.read(f, 7, row.int4(7));
+        let last_error = self.read(f, 8, row.maybe_text(8));
+        let finished_at = self.read(f, 9, row.maybe_int(9));
+        let headers = headers.unwrap_or_else(|err| {
+            flaw.get_or_insert(Flaw::Row(format!("the headers column is not a JSON object of strings: {err}")));
+            Headers::new()
+        });
+        let message = OutboxMessage {
+            id: MessageId(id),
+            topic,
+            key,
+            payload,
+            headers,
+            created_at,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            last_error,
+        };
+        Decoded { row: Row { seq, finished_at, message }, flaw }
+    }
+
+    /// `value` of column `i`, or its default with the first flaw recorded. A column of another
+    /// type fails every row alike on Postgres and MySQL, so that is the table's flaw; SQLite
+    /// lets any column hold any type, so there it is the row's.
+    fn read<T: Default>(&self, flaw: &mut Option<Flaw>, i: usize, value: Result<T, DbErr>) -> T {
+        value.unwrap_or_else(|err| {
+            flaw.get_or_insert_with(|| match self.dialect {
+                Dialect::Sqlite => Flaw::Row(format!("column `{}` cannot be read: {err}", COLUMN_NAMES[i])),
+                Dialect::Postgres | Dialect::MySql => Flaw::Table(err),
+            });
+            T::default()
         })
     }
+
+    /// A claimed row to publish, or to dead-letter when only it is flawed; an error when the
+    /// table is.
+    pub(crate) fn claimed(&self, decoded: Decoded) -> Result<Result<Row, Unreadable>> {
+        let Decoded { row, flaw } = decoded;
+        match flaw {
+            None => Ok(Ok(row)),
+            Some(Flaw::Table(err)) => Err(self.db_err(err)),
+            Some(Flaw::Row(reason)) => Ok(Err(Unreadable {
+                seq: row.seq,
+                id: row.message.id,
+                reason: format!("the relay cannot read this row: {reason}"),
+            })),
+        }
+    }
+
+    /// A row to list (a dead letter): a flawed row is shown with defaults where it could
+    /// not be read (its `last_error` says why); an error when the table is flawed.
+    pub(crate) fn listed(&self, decoded: Decoded) -> Result<Row> {
+        match decoded.flaw {
+            Some(Flaw::Table(err)) => Err(self.db_err(err)),
+            None | Some(Flaw::Row(_)) => Ok(decoded.row),
+        }
+    }
+}
+
+fn parse_headers(text: &str) -> Result<Headers, serde_json::Error> {
+    if text == "{}" { Ok(Headers::new()) } else { serde_json::from_str(text) }
 }

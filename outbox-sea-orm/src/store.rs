@@ -22,10 +22,10 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, IsolationLevel, QueryR
 use uuid::Uuid;
 
 use crate::config::{ClaimMode, SqlStoreConfig};
-use crate::decode::Row;
+use crate::decode::{Row, Unreadable};
 use crate::error::{backend_name, from_db_err};
 #[cfg(feature = "postgres")]
-use crate::held::{HeldClaims, Prepared};
+use crate::held::{HeldClaims, MIN_POOL, PoolShare, Prepared};
 use crate::schema::{MAX_ERROR_LEN, MESSAGE_COLUMNS};
 use crate::sql::{Dialect, Query, Tid};
 
@@ -106,7 +106,8 @@ impl fmt::Debug for SqlStore {
 #[derive(Clone, Copy)]
 pub(crate) enum Pick<'a> {
     Ids(&'a [MessageId]),
-    /// `window`: only rows whose `seq` is within this many of the oldest pending row.
+    /// `window`: only rows whose `seq` is within this many of the sweep's start
+    /// ([`SqlStore::push_window_start`]).
     Due {
         created_before: UnixMillis,
         limit: usize,
@@ -119,14 +120,15 @@ pub(crate) enum Pick<'a> {
 #[cfg(feature = "postgres")]
 const HOLD_FROM_IDS: usize = 32;
 
-/// A sweep looks this many `seq`s past the oldest pending row (at least; 10 × its limit if
-/// more). Rows blocked behind an in-flight head of their key cost an index probe each; the
-/// window keeps a sweep that finds nothing from walking the whole backlog to say so.
+/// A sweep looks this many `seq`s past its start (at least; 10 × its limit if more): the
+/// first pending row that is not stuck, found among this many oldest pending rows. Rows
+/// blocked behind an in-flight head of their key cost an index probe each; the window keeps a
+/// sweep that finds nothing from walking the whole backlog to say so.
 const SWEEP_WINDOW: i64 = 10_000;
 
 /// How often a sweep whose window came back short may look at the whole backlog: rows
-/// beyond the window are claimable then even when the window is full of parked rows (those
-/// behind a dead or backing-off head of their key).
+/// beyond the window are claimable then even when the window is full of parked rows (more
+/// stuck rows at the bottom of the table than a window holds, or rows behind in-flight heads).
 const FULL_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl SqlStore {
@@ -157,11 +159,7 @@ impl SqlStore {
         };
         let table = dialect.quote(&config.table);
         #[cfg(feature = "postgres")]
-        let held = holds.then(|| {
-            // Half the pool at most, so held claims never starve the writers sharing it.
-            let pool = db.get_postgres_connection_pool().options().get_max_connections() as usize;
-            Arc::new(HeldClaims::new(pool / 2))
-        });
+        let held = if holds { Self::held_claims(&db, config.claim_mode)? } else { None };
         #[cfg(not(feature = "postgres"))]
         let _ = holds;
         Ok(Self {
@@ -174,6 +172,33 @@ impl SqlStore {
             held,
             full_sweeps: Arc::default(),
         })
+    }
+
+    /// Held claims on `db`'s pool, which they share with every other store on it: at most
+    /// half of it, so they never starve the writers sharing it. A pool too small to spare a
+    /// connection refuses [`ClaimMode::Transaction`] and turns [`ClaimMode::Auto`] into leases.
+    #[cfg(feature = "postgres")]
+    fn held_claims(db: &DatabaseConnection, mode: ClaimMode) -> Result<Option<Arc<HeldClaims>>> {
+        let pool = db.get_postgres_connection_pool();
+        let size = pool.options().get_max_connections();
+        if size >= MIN_POOL {
+            return Ok(Some(Arc::new(HeldClaims::new(PoolShare::of(pool)))));
+        }
+        if mode == ClaimMode::Transaction {
+            return Err(Error::config(
+                "store.claim_mode",
+                format!(
+                    "`transaction` holds a pooled connection per claim in flight and needs a pool of at least \
+                     {MIN_POOL} connections (one for the claims, one for everything else); this pool has \
+                     max_connections = {size}: use a bigger pool, or `lease`"
+                ),
+            ));
+        }
+        tracing::info!(
+            max_connections = size,
+            "the pool is too small to hold claims in transactions; claims take leases"
+        );
+        Ok(None)
     }
 
     /// The claim mode in effect: [`ClaimMode::Auto`] resolved for the backend.
@@ -254,15 +279,16 @@ impl SqlStore {
                     .bind(created_before)
                     .push(")");
                 match window {
-                    // `lo` is the oldest pending `seq` ([`SqlStore::push_oldest_pending`]).
-                    Some(window) if self.dialect == Dialect::Postgres => {
-                        q.push(" AND c.seq >= (SELECT m FROM lo) AND c.seq < (SELECT m FROM lo) + ").bind(window);
+                    // `lo` is where the window starts ([`SqlStore::push_window_start`]).
+                    Some(len) if self.dialect == Dialect::Postgres => {
+                        q.push(" AND c.seq >= (SELECT m FROM lo) AND c.seq < (SELECT m FROM lo) + ").bind(len);
                     }
-                    Some(window) => {
-                        q.push(" AND c.seq < (SELECT MIN(w.seq) FROM ")
-                            .push(&self.table)
-                            .push(" w WHERE w.status = 0) + ")
-                            .bind(window);
+                    // The scan starts at the oldest pending row; the rows before the window's
+                    // start are few, and each fails its head-of-key probe.
+                    Some(len) => {
+                        q.push(" AND c.seq < ");
+                        self.push_window_start(q, now, len);
+                        q.push(" + ").bind(len);
                     }
                     None => {}
                 }
@@ -271,25 +297,63 @@ impl SqlStore {
         }
     }
 
-    /// Starts a Postgres claim of a windowed sweep with `WITH lo AS (…)`: the oldest pending
-    /// `seq`, for [`push_claimable`](Self::push_claimable) to bound its scan on both sides.
-    /// Referenced twice, the CTE is computed once, and the scan starts at the first live row:
-    /// deleted rows not yet vacuumed are walked once per claim rather than twice (a quarter
-    /// of a claim's time while a backlog drains).
-    pub(crate) fn push_oldest_pending(&self, q: &mut Query, pick: Pick<'_>) {
-        if self.dialect == Dialect::Postgres && matches!(pick, Pick::Due { window: Some(_), .. }) {
-            q.push("WITH lo AS (SELECT MIN(seq) AS m FROM ").push(&self.table).push(" WHERE status = 0) ");
+    /// Starts a Postgres claim of a windowed sweep with `WITH lo AS (…)`: where the window
+    /// starts, for [`push_claimable`](Self::push_claimable) to bound its scan on both sides.
+    /// Referenced twice, the CTE is computed once, and the scan starts at a live row: deleted
+    /// rows not yet vacuumed are walked once per claim rather than twice (a quarter of a
+    /// claim's time while a backlog drains).
+    pub(crate) fn push_window_cte(&self, q: &mut Query, pick: Pick<'_>, now: UnixMillis) {
+        if let (Dialect::Postgres, Pick::Due { window: Some(len), .. }) = (self.dialect, pick) {
+            q.push("WITH lo AS (SELECT ");
+            self.push_window_start(q, now, len);
+            q.push(" AS m) ");
         }
     }
 
-    /// A sweep: the window past the oldest pending row first, the whole backlog when that
-    /// came back short and the last full sweep is [`FULL_SWEEP_EVERY`] ago.
+    /// Where a sweep's window starts: the first of the `len` oldest pending rows that is not
+    /// stuck, or the row after them all. A stuck row cannot be claimed soon, whatever else is
+    /// settled: it waits behind a dead row of its key, or it or an earlier row of its key is
+    /// backing off. Starting at the oldest pending row instead, one dead head with a waiting
+    /// successor would pin the window while newer rows move past its end. Rows behind an
+    /// in-flight head are not stuck: they follow as soon as it settles. (`d.status IN (0, 2)`
+    /// lets Postgres use its partial head-of-key index.)
+    fn push_window_start(&self, q: &mut Query, now: UnixMillis, len: i64) {
+        let t = &self.table;
+        q.push("COALESCE((SELECT s.seq FROM (SELECT w.seq, w.msg_key, w.available_at FROM ")
+            .push(t)
+            .push(" w WHERE w.status = 0 ORDER BY w.seq LIMIT ")
+            .bind(len)
+            .push(") s WHERE s.available_at <= ")
+            .bind(now)
+            .push(" AND (s.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
+            .push(t)
+            .push(" d WHERE d.msg_key = s.msg_key AND d.seq < s.seq AND d.status IN (0, 2) AND (d.status = 2 OR ")
+            .push("d.available_at > ")
+            .bind(now)
+            .push("))) ORDER BY s.seq LIMIT 1), (SELECT MAX(s.seq) + 1 FROM (SELECT w.seq FROM ")
+            .push(t)
+            .push(" w WHERE w.status = 0 ORDER BY w.seq LIMIT ")
+            .bind(len)
+            .push(") s))");
+    }
+
+    /// A sweep: the window first, the whole backlog when that came back short and the last
+    /// full sweep is [`FULL_SWEEP_EVERY`] ago.
     async fn sweep(&self, created_before: UnixMillis, limit: usize, lease: &Lease) -> Result<Vec<OutboxMessage>> {
         let window = SWEEP_WINDOW.max(limit_value(limit).saturating_mul(10));
         let mut claimed = self.claim(Pick::Due { created_before, limit, window: Some(window) }, lease).await?;
         if claimed.len() < limit && self.full_sweeps.try_pass(now_millis()) {
             let rest = Pick::Due { created_before, limit: limit - claimed.len(), window: None };
-            claimed.extend(self.claim(rest, lease).await?);
+            match self.claim(rest, lease).await {
+                Ok(more) => claimed.extend(more),
+                // What the window claimed is the caller's to publish.
+                Err(error) if !claimed.is_empty() => tracing::debug!(%error, "a full sweep failed"),
+                Err(error) => return Err(error),
+            }
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(held) = &self.held {
+            held.set_idle(claimed.is_empty());
         }
         Ok(claimed)
     }
@@ -307,10 +371,6 @@ impl SqlStore {
             Some(rows) => rows,
             None => self.claim_leased(pick, lease, now).await?,
         };
-        #[cfg(feature = "postgres")]
-        if let (Some(held), Pick::Due { .. }) = (&self.held, pick) {
-            held.set_idle(rows.is_empty());
-        }
         rows.sort_by_key(|r| r.seq);
         Ok(rows.into_iter().map(|r| r.message).collect())
     }
@@ -335,7 +395,9 @@ impl SqlStore {
             Dialect::MySql => self.claim_in_transaction(pick, lease, now, until).await,
             Dialect::Postgres | Dialect::Sqlite => {
                 let q = self.claim_update(pick, lease, now, until);
-                self.fetch(&self.db, q).await?.iter().map(|r| self.decode(r)).collect()
+                let (rows, unreadable) = self.readable(&self.fetch(&self.db, q).await?)?;
+                self.dead_letter_unreadable(&self.db, &unreadable, Some(lease), now).await?;
+                Ok(rows)
             }
         }
     }
@@ -343,7 +405,7 @@ impl SqlStore {
     /// Postgres / SQLite: claim in one `UPDATE … RETURNING`.
     fn claim_update(&self, pick: Pick<'_>, lease: &Lease, now: UnixMillis, until: UnixMillis) -> Query {
         let mut q = Query::new(self.dialect);
-        self.push_oldest_pending(&mut q, pick);
+        self.push_window_cte(&mut q, pick, now);
         q.push("UPDATE ")
             .push(&self.table)
             .push(" SET claimed_until = ")
@@ -382,7 +444,8 @@ impl SqlStore {
         q.push("SELECT ").push(MESSAGE_COLUMNS).push(" FROM ").push(&self.table).push(" c");
         self.push_claimable(&mut q, now, pick, &[]);
         q.push(" FOR UPDATE SKIP LOCKED");
-        let rows = self.fetch(&txn, q).await?.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>>>()?;
+        let (rows, unreadable) = self.readable(&self.fetch(&txn, q).await?)?;
+        self.dead_letter_unreadable(&txn, &unreadable, None, now).await?;
         if !rows.is_empty() {
             let mut q = Query::new(self.dialect);
             q.push("UPDATE ")
@@ -403,6 +466,49 @@ impl SqlStore {
         }
         txn.commit().await.map_err(|e| self.db_err(e))?;
         Ok(rows)
+    }
+
+    /// The claimed rows that can be published, and those that cannot be read (to dead-letter).
+    fn readable(&self, found: &[QueryResult]) -> Result<(Vec<Row>, Vec<Unreadable>)> {
+        let (mut rows, mut unreadable) = (Vec::with_capacity(found.len()), Vec::new());
+        for row in found {
+            match self.claimed(self.decode(row))? {
+                Ok(row) => rows.push(row),
+                Err(bad) => unreadable.push(bad),
+            }
+        }
+        Ok((rows, unreadable))
+    }
+
+    /// Dead-letters claimed rows that cannot be read, on `conn` (in the claim's transaction,
+    /// if it has one; under `lease` otherwise).
+    async fn dead_letter_unreadable(
+        &self,
+        conn: &impl ConnectionTrait,
+        unreadable: &[Unreadable],
+        lease: Option<&Lease>,
+        now: UnixMillis,
+    ) -> Result<()> {
+        for bad in unreadable {
+            bad.log();
+            self.execute(conn, self.dead_letter_query(bad, lease, now)).await?;
+        }
+        Ok(())
+    }
+
+    /// Dead-letters a claimed row that cannot be read: attempts + 1, and why as its last error.
+    pub(crate) fn dead_letter_query(&self, bad: &Unreadable, lease: Option<&Lease>, now: UnixMillis) -> Query {
+        let mut q = Query::new(self.dialect);
+        q.push("UPDATE ")
+            .push(&self.table)
+            .push(" SET status = 2, attempts = attempts + 1, last_error = ")
+            .bind(truncate_error(&bad.reason))
+            .push(", finished_at = ")
+            .bind(now)
+            .push(", claimed_until = NULL, claim_token = NULL WHERE seq = ")
+            .bind(bad.seq);
+        Self::push_held_by(&mut q, lease, now);
+        q
     }
 
     /// `AND claim_token = … AND claimed_until > now AND status = 0`: the lease still holds.
@@ -714,7 +820,7 @@ impl OutboxAdmin for SqlStore {
             .await?
             .iter()
             .map(|r| {
-                let row = self.decode(r)?;
+                let row = self.listed(self.decode(r))?;
                 Ok(DeadLetter { dead_at: row.finished_at.unwrap_or(0), message: row.message })
             })
             .collect()
@@ -791,7 +897,7 @@ mod explain_tests {
     }
 
     /// On a million-row table, neither claim query reads the whole table, and sweeps start
-    /// their scan at the oldest pending row.
+    /// their scan at the window's start, a pending row.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn claim_queries_use_indexes_on_a_large_table() {
         let url = test_url(VAR, "postgres://postgres@127.0.0.1:5432/test");
@@ -847,7 +953,7 @@ mod explain_tests {
             assert!(plan.contains("SKIP LOCKED") || plan.contains("LockRows"), "{name}:\n{plan}");
             if name.ends_with("claim_due") {
                 // Deleted rows not yet vacuumed lie below the oldest pending one.
-                assert!(plan.contains("(seq >= "), "{name} does not start at the oldest pending row:\n{plan}");
+                assert!(plan.contains("(seq >= "), "{name} does not start at the window's start:\n{plan}");
             }
         }
     }

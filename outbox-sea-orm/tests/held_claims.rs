@@ -9,7 +9,7 @@ use common::Backend;
 use outbox_core::testkit::eventually;
 use outbox_core::{Disposition, Failure, Lease, NewMessage, OutboxStore};
 use outbox_sea_orm::{ClaimMode, SqlStore, SqlStoreConfig};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -27,12 +27,17 @@ async fn held_store() -> Option<SqlStore> {
 /// A second store on the same table, on its own pool (another relay process, as far as the
 /// database can tell).
 async fn peer(of: &SqlStore, application_name: &str, max_connections: u32) -> SqlStore {
+    let db = pool(application_name, max_connections, "").await;
+    SqlStore::new(db, of.config().clone()).expect("store")
+}
+
+/// A pool of its own, its sessions named `application_name`; `params` are more URL parameters.
+async fn pool(application_name: &str, max_connections: u32, params: &str) -> DatabaseConnection {
     let (_, url) = common::url_of(Backend::Postgres);
     let sep = if url.contains('?') { '&' } else { '?' };
-    let mut options = ConnectOptions::new(format!("{url}{sep}application_name={application_name}"));
+    let mut options = ConnectOptions::new(format!("{url}{sep}application_name={application_name}{params}"));
     options.max_connections(max_connections).sqlx_logging(false);
-    let db = Database::connect(options).await.expect("connect");
-    SqlStore::new(db, of.config().clone()).expect("store")
+    Database::connect(options).await.expect("connect")
 }
 
 async fn scalar(store: &SqlStore, sql: String) -> i64 {
@@ -80,7 +85,9 @@ async fn small_claims_by_id_take_a_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_claim_commits_asynchronously_without_changing_the_session() {
     let Some(store) = held_store().await else { return };
-    let one = peer(&store, "lease_sync", 1).await; // one connection: the claim's and the check's
+    // One connection, the claim's and the check's (too few for held claims).
+    let one =
+        SqlStore::new(pool("lease_sync", 1, "").await, store.config().clone().claim_mode(ClaimMode::Lease)).unwrap();
     let ids = one.enqueue(messages("held.sync", 3)).await.unwrap();
     let lease = Lease::new(TTL);
     assert_eq!(one.claim_ids(&ids, &lease).await.unwrap().len(), 3);
@@ -193,6 +200,93 @@ async fn claims_beyond_half_the_pool_take_a_lease() {
     assert_eq!(small.complete(&ids[HELD..], &second).await.unwrap(), HELD as u64);
     assert_eq!(small.complete(&ids[..HELD], &first).await.unwrap(), HELD as u64);
     assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t}")).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_one_connection_is_refused_for_held_claims() {
+    let Some(store) = held_store().await else { return };
+    let config = store.config().clone();
+    let err = SqlStore::new(pool("held_pool_of_one", 1, "").await, config.clone()).unwrap_err().to_string();
+    assert!(err.contains("`store.claim_mode`") && err.contains("max_connections = 1"), "{err}");
+    // `auto` leases instead: a held claim would leave writers no connection while it publishes.
+    let auto = SqlStore::new(pool("held_pool_of_one", 1, "").await, config.claim_mode(ClaimMode::Auto)).unwrap();
+    assert_eq!(auto.claim_mode(), ClaimMode::Lease);
+    let ids = auto.enqueue(messages("held.one", HELD)).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(auto.claim_ids(&ids, &lease).await.unwrap().len(), HELD);
+    let t = table(&store);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await, HELD as i64);
+    assert_eq!(auto.complete(&ids, &lease).await.unwrap(), HELD as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_on_one_pool_share_half_of_it_for_held_claims() {
+    let Some(store) = held_store().await else { return };
+    // Two stores (two tables) on one pool of two: one held claim between them, at most.
+    let db = pool("held_shared_pool", 2, "").await;
+    let first = SqlStore::new(db.clone(), store.config().clone()).unwrap();
+    let other_config = store.config().clone().table(common::unique_table());
+    outbox_sea_orm::migrate(&db, &other_config).await.unwrap();
+    let second = SqlStore::new(db, other_config).unwrap();
+    let (a, b) = (
+        first.enqueue(messages("held.share", HELD)).await.unwrap(),
+        second.enqueue(messages("held.share", HELD)).await.unwrap(),
+    );
+    let (la, lb) = (Lease::new(TTL), Lease::new(TTL));
+    assert_eq!(first.claim_ids(&a, &la).await.unwrap().len(), HELD);
+    let claim = second.claim_ids(&b, &lb);
+    let got = tokio::time::timeout(Duration::from_secs(10), claim).await.expect("the claim did not wait").unwrap();
+    assert_eq!(got.len(), HELD);
+    let leased = format!("SELECT COUNT(*) FROM {} WHERE claimed_until IS NOT NULL", table(&second));
+    assert_eq!(scalar(&store, leased).await, HELD as i64, "the second store leased: the pool's half was taken");
+    // The pool's other connection is still free for writers.
+    let write = second.enqueue(messages("held.share.more", 1));
+    tokio::time::timeout(Duration::from_secs(10), write).await.expect("a writer got a connection").unwrap();
+    assert_eq!(second.complete(&b, &lb).await.unwrap(), HELD as u64);
+    assert_eq!(first.complete(&a, &la).await.unwrap(), HELD as u64);
+    second.connection().execute_unprepared(&format!("DROP TABLE {}", table(&second))).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_begins_anew_on_a_kept_transaction_that_fills_the_share() {
+    let Some(store) = held_store().await else { return };
+    let small = peer(&store, "held_spare_reused", 2).await; // one held claim at most
+    let ids = small.enqueue(messages("held.reuse", 2 * HELD)).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(small.claim_ids(&ids[..HELD], &lease).await.unwrap().len(), HELD);
+    assert_eq!(small.complete(&ids[..HELD], &lease).await.unwrap(), HELD as u64);
+    // The next claim's transaction is kept with the first TTL as its idle timeout, and takes
+    // the pool's one place for held claims. A claim of another TTL begins anew on it.
+    let other = Lease::new(TTL / 2);
+    assert_eq!(small.claim_ids(&ids[HELD..], &other).await.unwrap().len(), HELD);
+    let t = table(&store);
+    assert_eq!(scalar(&store, format!("SELECT COUNT(*) FROM {t} WHERE claimed_until IS NOT NULL")).await, 0, "held");
+    assert_eq!(small.complete(&ids[HELD..], &other).await.unwrap(), HELD as u64);
+}
+
+/// Each held claim sets its own `idle_in_transaction_session_timeout` (the claim TTL), so a
+/// shorter one set for the server, database, role or session cannot end it: no check is
+/// needed for it at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_server_idle_timeout_does_not_end_held_claims() {
+    let Some(store) = held_store().await else { return };
+    let params = "&options=-c%20idle_in_transaction_session_timeout%3D100";
+    let db = pool("held_short_idle", 4, params).await;
+    let short = SqlStore::new(db.clone(), store.config().clone()).unwrap();
+    let ids = short.enqueue(messages("held.idle", HELD)).await.unwrap();
+    let lease = Lease::new(TTL);
+    assert_eq!(short.claim_ids(&ids, &lease).await.unwrap().len(), HELD);
+
+    // A plain transaction on the same pool, begun after the claim, is ended by the setting.
+    let mut plain = db.get_postgres_connection_pool().begin().await.unwrap();
+    let pid: i32 = sea_orm::sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *plain).await.unwrap();
+    eventually("the server to end an idle transaction after 100 ms", Duration::from_secs(10), || {
+        let (store, sql) = (store.clone(), format!("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = {pid}"));
+        async move { (scalar(&store, sql).await == 0).then_some(()) }
+    })
+    .await;
+    drop(plain);
+    assert_eq!(short.complete(&ids, &lease).await.unwrap(), HELD as u64, "the held claim outlived it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

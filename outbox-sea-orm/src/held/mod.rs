@@ -13,11 +13,11 @@ mod txn;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{Lease, MessageId, Result, UnixMillis};
-use sea_orm::sqlx::{self, Postgres};
+use sea_orm::sqlx::{self, PgPool, Postgres};
 use uuid::Uuid;
 
 use self::txn::{Opened, Spares, Txn};
@@ -30,17 +30,57 @@ use crate::store::{Pick, SqlStore};
 /// Where a held claim's query puts `ctid`: right after [`MESSAGE_COLUMNS`].
 const TID_COLUMN: usize = 10;
 
+/// Smallest pool that held claims run on: one connection for them, one for everyone else.
+pub(crate) const MIN_POOL: u32 = 2;
+
 /// The open claims of one store, by lease token.
 #[derive(Debug)]
 pub(crate) struct HeldClaims {
     claims: Mutex<HashMap<Uuid, Held>>,
-    in_use: Arc<AtomicUsize>,
     /// The last sweep found nothing.
     idle: AtomicBool,
-    /// Most claims held at once; each pins a pooled connection.
-    capacity: usize,
-    /// Connections between claims; with the held ones, at most `capacity`.
+    /// The server's `transaction_timeout` was compared with the claim TTL.
+    timeout_checked: AtomicBool,
+    /// The connections held claims may take from the pool, shared by every store on it.
+    share: Arc<PoolShare>,
+    /// Transactions begun for this store's next claims (they count in `share`).
     spares: Arc<Spares>,
+}
+
+/// Connections that held claims, and the transactions kept for the next ones, have taken
+/// from one pool: at most half of it, whichever stores on the pool took them.
+#[derive(Debug)]
+pub(crate) struct PoolShare {
+    taken: AtomicUsize,
+    capacity: usize,
+}
+
+/// The share of each pool with held claims, by the address of its options (which live as
+/// long as the pool does, and a live share keeps its pool alive: every holder of one holds
+/// the pool too).
+static SHARES: Mutex<Vec<(usize, Weak<PoolShare>)>> = Mutex::new(Vec::new());
+
+impl PoolShare {
+    /// The share of `pool`, created on first use: half its connections, at least one.
+    pub(crate) fn of(pool: &PgPool) -> Arc<Self> {
+        let key = std::ptr::from_ref(pool.options()) as usize;
+        let mut shares = SHARES.lock().unwrap_or_else(|e| e.into_inner());
+        shares.retain(|(_, share)| share.strong_count() > 0);
+        if let Some(share) = shares.iter().find(|(k, _)| *k == key).and_then(|(_, share)| share.upgrade()) {
+            return share;
+        }
+        let capacity = (pool.options().get_max_connections() as usize / 2).max(1);
+        let share = Arc::new(Self { taken: AtomicUsize::new(0), capacity });
+        shares.push((key, Arc::downgrade(&share)));
+        share
+    }
+
+    fn reserve(self: &Arc<Self>) -> Option<Slot> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
 }
 
 /// One lease's open transaction and the rows it holds.
@@ -51,7 +91,6 @@ pub(crate) struct Held {
     open: HashMap<MessageId, Tid>,
     /// When the lease ends; unsettled rows get this as their `claimed_until`.
     expires_at: UnixMillis,
-    _slot: Slot,
 }
 
 impl std::fmt::Debug for Held {
@@ -64,10 +103,9 @@ impl Held {
     /// Ends the transaction with `end` (`COMMIT` or `ROLLBACK`) and begins the next claim's
     /// in the same round trip; the slot frees up and the new transaction waits for that claim.
     async fn finish(self, held: &HeldClaims, end: &'static str) -> std::result::Result<(), sqlx::Error> {
-        let Held { mut txn, _slot: slot, .. } = self;
+        let Held { mut txn, .. } = self;
         txn.renew(end).await?;
-        drop(slot);
-        held.keep(txn);
+        held.spares.keep(txn);
         Ok(())
     }
 
@@ -79,10 +117,9 @@ impl Held {
         statement: &str,
         tids: &[Tid],
     ) -> std::result::Result<u64, sqlx::Error> {
-        let Held { mut txn, _slot: slot, .. } = self;
+        let Held { mut txn, .. } = self;
         let settled = txn.settle_and_renew(statement, &Tid::array_literal(tids)).await?;
-        drop(slot);
-        held.keep(txn);
+        held.spares.keep(txn);
         Ok(settled)
     }
 }
@@ -96,22 +133,23 @@ pub(crate) enum Prepared {
     No,
 }
 
-/// A reserved place among the claims held at once, given back on drop.
-struct Slot(Arc<AtomicUsize>);
+/// A connection taken from a pool's [`PoolShare`], given back on drop.
+#[derive(Debug)]
+struct Slot(Arc<PoolShare>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl HeldClaims {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(share: Arc<PoolShare>) -> Self {
         Self {
             claims: Mutex::default(),
-            in_use: Arc::default(),
             idle: AtomicBool::new(true),
-            capacity: capacity.max(1),
+            timeout_checked: AtomicBool::new(false),
+            share,
             spares: Arc::default(),
         }
     }
@@ -149,20 +187,6 @@ impl HeldClaims {
         self.lock().insert(token, claim);
     }
 
-    fn reserve(&self) -> Option<Slot> {
-        self.in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1))
-            .ok()
-            .map(|_| Slot(self.in_use.clone()))
-    }
-
-    /// Sets aside the next transaction of a claim that ended, while connections in use for
-    /// held claims stay within the capacity.
-    fn keep(&self, txn: Txn) {
-        let room = self.capacity.saturating_sub(self.in_use.load(Ordering::Acquire));
-        self.spares.keep(txn, room);
-    }
-
     /// Rows held by this store's open claims.
     pub(crate) fn open_rows(&self) -> u64 {
         self.lock().values().map(|h| h.open.len() as u64).sum()
@@ -179,14 +203,16 @@ impl SqlStore {
         lease: &Lease,
         now: UnixMillis,
     ) -> Result<Option<Vec<Row>>> {
+        if !held.timeout_checked.swap(true, Ordering::Relaxed) {
+            self.check_transaction_timeout(lease.ttl).await;
+        }
         let pool = self.db.get_postgres_connection_pool();
         let (mut claim, opened) = match held.take(lease.token) {
             Some(claim) => (claim, None),
             None => {
-                let Some(slot) = held.reserve() else { return Ok(None) };
-                let (txn, opened) = held.spares.begin(pool, lease.ttl).await.map_err(|e| self.sqlx_err(e))?;
+                let Some((txn, opened)) = self.begin_held(held, lease.ttl).await? else { return Ok(None) };
                 let expires_at = now.saturating_add(duration_millis(lease.ttl));
-                (Held { txn, open: HashMap::new(), expires_at, _slot: slot }, Some(opened))
+                (Held { txn, open: HashMap::new(), expires_at }, Some(opened))
             }
         };
         let held_tids: Vec<Tid> = claim.open.values().copied().collect();
@@ -195,7 +221,7 @@ impl SqlStore {
             // Most likely a kept transaction whose connection the server dropped.
             Err(error) if opened == Some(Opened::Kept) => {
                 tracing::debug!(%error, "a kept transaction failed; claiming on a fresh connection");
-                claim.txn = Spares::fresh(pool, lease.ttl).await.map_err(|e| self.sqlx_err(e))?;
+                claim.txn.reopen(pool).await.map_err(|e| self.sqlx_err(e))?;
                 let q = self.held_claim_query(pick, now, &held_tids);
                 claim.txn.fetch_all(q).await.map_err(|e| self.sqlx_err(e))?
             }
@@ -203,13 +229,25 @@ impl SqlStore {
         };
         let mut rows = Vec::with_capacity(found.len());
         let mut tids = Vec::with_capacity(found.len());
+        let mut unreadable = Vec::new();
         let tid_column: ColumnCheck = (TID_COLUMN, <Tid as sqlx::Type<Postgres>>::compatible);
         for row in checked(&found, &[tid_column]).map_err(|e| self.db_err(e))? {
-            rows.push(self.decode(&row)?);
-            tids.push(row.tid(TID_COLUMN).map_err(|e| self.db_err(e))?);
+            match self.claimed(self.decode(&row))? {
+                Ok(decoded) => {
+                    rows.push(decoded);
+                    tids.push(row.tid(TID_COLUMN).map_err(|e| self.db_err(e))?);
+                }
+                Err(bad) => unreadable.push(bad),
+            }
+        }
+        // In the claim's transaction: the rows are locked by it. They commit with its settle.
+        for bad in &unreadable {
+            bad.log();
+            claim.txn.execute(self.dead_letter_query(bad, None, now)).await.map_err(|e| self.sqlx_err(e))?;
         }
         if rows.is_empty() && claim.open.is_empty() {
-            claim.finish(held, "ROLLBACK").await.map_err(|e| self.sqlx_err(e))?;
+            let end = if unreadable.is_empty() { "ROLLBACK" } else { "COMMIT" };
+            claim.finish(held, end).await.map_err(|e| self.sqlx_err(e))?;
             return Ok(Some(rows));
         }
         claim.open.extend(rows.iter().map(|r| r.message.id).zip(tids));
@@ -217,10 +255,27 @@ impl SqlStore {
         Ok(Some(rows))
     }
 
+    /// A transaction for a new claim: a spare, or one begun on a connection from the pool's
+    /// share. `None` when the share is taken.
+    async fn begin_held(&self, held: &HeldClaims, ttl: std::time::Duration) -> Result<Option<(Txn, Opened)>> {
+        let pool = self.db.get_postgres_connection_pool();
+        if let Some(txn) = held.spares.take(ttl) {
+            return Ok(Some((txn, Opened::Kept)));
+        }
+        if let Some(slot) = held.share.reserve() {
+            return Ok(Some((Txn::fresh(pool, ttl, slot).await.map_err(|e| self.sqlx_err(e))?, Opened::Fresh)));
+        }
+        // The share may be taken by this store's own spares (too old to trust, or of another
+        // TTL): begin anew on one of those.
+        let Some(mut txn) = held.spares.take_any() else { return Ok(None) };
+        txn.restart(pool, ttl).await.map_err(|e| self.sqlx_err(e))?;
+        Ok(Some((txn, Opened::Fresh)))
+    }
+
     /// `SELECT … FOR UPDATE SKIP LOCKED` of what `pick` may claim, leaving out `held_tids`.
     pub(crate) fn held_claim_query(&self, pick: Pick<'_>, now: UnixMillis, held_tids: &[Tid]) -> Query {
         let mut q = Query::new(self.dialect);
-        self.push_oldest_pending(&mut q, pick);
+        self.push_window_cte(&mut q, pick, now);
         q.push("SELECT ").push(MESSAGE_COLUMNS).push(", c.ctid FROM ").push(&self.table).push(" c");
         self.push_claimable(&mut q, now, pick, held_tids);
         q.push(" FOR UPDATE OF c SKIP LOCKED");
@@ -290,7 +345,53 @@ impl SqlStore {
         }
     }
 
+    /// Warns when the session's `transaction_timeout` (Postgres 17 and later) would end held
+    /// claims before their TTL, however busy they are: their rows would be freed mid-publish
+    /// and published again. (`idle_in_transaction_session_timeout` cannot: each claim sets
+    /// its own.)
+    async fn check_transaction_timeout(&self, ttl: std::time::Duration) {
+        let mut q = Query::new(self.dialect);
+        q.push("SELECT CAST(setting AS BIGINT) FROM pg_settings WHERE name = 'transaction_timeout'");
+        let timeout = match self.fetch(&self.db, q).await {
+            Ok(rows) => rows.first().and_then(|r| r.try_get_by_index::<i64>(0).ok()),
+            Err(error) => {
+                tracing::debug!(%error, "could not read transaction_timeout");
+                return;
+            }
+        };
+        if let Some(ms) = timeout.filter(|&ms| cuts_claims_short(ms, ttl)) {
+            tracing::warn!(
+                transaction_timeout_ms = ms,
+                claim_ttl_ms = duration_millis(ttl),
+                "Postgres ends transactions after transaction_timeout, before the claim TTL: held claims that \
+                 publish that long lose their rows mid-publish, and those are published again. Raise it above the \
+                 claim TTL for the relay's role, or use ClaimMode::Lease"
+            );
+        }
+    }
+
     fn sqlx_err(&self, err: sqlx::Error) -> outbox_core::Error {
         self.db_err(from_sqlx(err))
+    }
+}
+
+/// A `transaction_timeout` of `ms` (0: none) ends transactions before `ttl` is up.
+fn cuts_claims_short(ms: i64, ttl: std::time::Duration) -> bool {
+    ms > 0 && i128::from(ms) < i128::try_from(ttl.as_millis()).unwrap_or(i128::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::cuts_claims_short;
+
+    #[test]
+    fn a_transaction_timeout_below_the_claim_ttl_cuts_claims_short() {
+        let ttl = Duration::from_secs(30);
+        assert!(cuts_claims_short(10_000, ttl));
+        assert!(cuts_claims_short(29_999, ttl));
+        assert!(!cuts_claims_short(30_000, ttl), "a claim settles or has lost its lease by then anyway");
+        assert!(!cuts_claims_short(0, ttl), "0 is no timeout");
     }
 }

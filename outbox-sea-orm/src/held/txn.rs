@@ -20,6 +20,7 @@ use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, AssertSqlSafe, PgConnection, PgPool, Postgres};
 use sea_query_sqlx::SqlxValues;
 
+use super::Slot;
 use crate::sql::Query;
 
 /// How long a connection waits between held claims before it goes back to the pool.
@@ -34,6 +35,8 @@ pub(super) struct Txn {
     idle_timeout: Duration,
     /// [`SETTLE`] is prepared on this connection (deallocated before it goes back to the pool).
     settle_prepared: bool,
+    /// The connection's place in its pool's share, given back when it goes back to the pool.
+    _slot: Slot,
 }
 
 /// The session-level prepared statement of [`Txn::settle_and_renew`]. One name serves every
@@ -41,11 +44,32 @@ pub(super) struct Txn {
 const SETTLE: &str = "outbox_settle";
 
 impl Txn {
-    /// `BEGIN`, with the idle timeout.
-    async fn begin(conn: PoolConnection<Postgres>, idle_timeout: Duration) -> Result<Self, sqlx::Error> {
-        let mut txn = Self { conn: Some(conn), idle_timeout, settle_prepared: false };
+    /// `BEGIN`, with the idle timeout, on a connection from the pool.
+    pub(super) async fn fresh(pool: &PgPool, idle_timeout: Duration, slot: Slot) -> Result<Self, sqlx::Error> {
+        let mut txn = Self { conn: Some(pool.acquire().await?), idle_timeout, settle_prepared: false, _slot: slot };
         txn.run(begin_with(idle_timeout)).await?;
         Ok(txn)
+    }
+
+    /// Rolls back and begins anew with `idle_timeout`, on this connection, or on a fresh one
+    /// from the pool if the server dropped this one.
+    pub(super) async fn restart(&mut self, pool: &PgPool, idle_timeout: Duration) -> Result<(), sqlx::Error> {
+        self.idle_timeout = idle_timeout;
+        if self.renew("ROLLBACK").await.is_err() {
+            self.reopen(pool).await?;
+        }
+        Ok(())
+    }
+
+    /// `BEGIN` again on a fresh connection from the pool, closing this one (the server may
+    /// have dropped it).
+    pub(super) async fn reopen(&mut self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        if let Some(mut dead) = self.conn.take() {
+            dead.close_on_drop();
+        }
+        self.conn = Some(pool.acquire().await?);
+        self.settle_prepared = false;
+        self.run(begin_with(self.idle_timeout)).await
     }
 
     fn conn(&mut self) -> &mut PgConnection {
@@ -154,22 +178,9 @@ impl Spares {
         self.txns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A kept transaction with this idle timeout, or one begun on a connection from the pool.
-    pub(super) async fn begin(&self, pool: &PgPool, idle_timeout: Duration) -> Result<(Txn, Opened), sqlx::Error> {
-        if let Some(txn) = self.take(idle_timeout) {
-            return Ok((txn, Opened::Kept));
-        }
-        Ok((Self::fresh(pool, idle_timeout).await?, Opened::Fresh))
-    }
-
-    /// A transaction on a connection from the pool.
-    pub(super) async fn fresh(pool: &PgPool, idle_timeout: Duration) -> Result<Txn, sqlx::Error> {
-        Txn::begin(pool.acquire().await?, idle_timeout).await
-    }
-
     /// The newest spare, if it was kept less than [`SPARE_FOR`] ago with this idle timeout.
     /// Others wait for [`Self::tidy`].
-    fn take(&self, idle_timeout: Duration) -> Option<Txn> {
+    pub(super) fn take(&self, idle_timeout: Duration) -> Option<Txn> {
         let mut txns = self.lock();
         let (txn, since) = txns.last()?;
         if txn.idle_timeout != idle_timeout || since.elapsed() >= SPARE_FOR.min(idle_timeout / 2) {
@@ -178,18 +189,17 @@ impl Spares {
         txns.pop().map(|(txn, _)| txn)
     }
 
-    /// Keeps `txn` for the next claim if fewer than `room` are kept; it goes back to the pool
-    /// otherwise, or after [`SPARE_FOR`] unused.
-    pub(super) fn keep(self: &Arc<Self>, txn: Txn, room: usize) {
-        {
-            let mut txns = self.lock();
-            if txns.len() >= room {
-                drop(txns);
-                tokio::spawn(txn.release());
-                return;
-            }
-            txns.push((txn, Instant::now()));
-        }
+    /// The newest spare, however old, with any idle timeout: for a claim that finds the
+    /// pool's share taken, partly by this store's own spares.
+    pub(super) fn take_any(&self) -> Option<Txn> {
+        self.lock().pop().map(|(txn, _)| txn)
+    }
+
+    /// Keeps `txn` for the next claim; it goes back to the pool after [`SPARE_FOR`] unused.
+    /// It keeps its place in the pool's share meanwhile, so held claims and kept
+    /// transactions together stay within it.
+    pub(super) fn keep(self: &Arc<Self>, txn: Txn) {
+        self.lock().push((txn, Instant::now()));
         let mut tidying = self.tidying.lock().unwrap_or_else(|e| e.into_inner());
         if !*tidying {
             *tidying = true;

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use outbox_core::testkit::{test_url, unique_suffix, unreachable_server};
-use outbox_core::{MessageId, NoticeStream, Notifier, OutboxAdmin, Retention};
+use outbox_core::{
+    FallbackConfig, MemoryBus, MessageId, NoticeStream, Notifier, OutboxAdmin, Relay, RelayHandle, Retention,
+};
 use outbox_sea_orm::{ClaimMode, SqlStore, SqlStoreConfig, migrate};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 
@@ -128,6 +130,20 @@ fn remove_stale_files(dir: &std::path::Path) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// A relay on `store` with only the fallback (no minimum age, a sweep every 100 ms) and a
+/// [`MemoryBus`] to publish to.
+pub fn fallback_relay(store: &SqlStore) -> (RelayHandle, Arc<MemoryBus>) {
+    let bus = Arc::new(MemoryBus::new());
+    let fallback = FallbackConfig::default().min_age(Duration::ZERO).interval(Duration::from_millis(100));
+    let relay = Relay::builder(Arc::new(store.clone()), bus.clone())
+        .without_listener()
+        .fallback(fallback)
+        .build()
+        .expect("a valid relay")
+        .spawn();
+    (relay, bus)
 }
 
 /// Records every `notify` call.
