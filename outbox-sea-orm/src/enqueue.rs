@@ -27,7 +27,8 @@ impl SqlStore {
     /// (once per transaction).
     ///
     /// The store's notifier is **not** called here: call
-    /// `SqlStore::notify_committed` after your commit, or use
+    /// [`SqlStore::notify_committed`] after your commit (without it the fallback sweep still
+    /// publishes them, after `fallback.min_age`), or use
     /// [`SqlStore::begin`] or [`SqlStore::transaction`], which do.
     ///
     /// ```no_run
@@ -39,7 +40,8 @@ impl SqlStore {
     /// // … your INSERTs and UPDATEs on `txn` …
     /// let ids = store.enqueue_in(&txn, vec![NewMessage::new("orders.placed", "{}")]).await?;
     /// txn.commit().await?;
-    /// # let _ = ids; Ok(()) }
+    /// store.notify_committed(&ids).await;
+    /// # Ok(()) }
     /// ```
     pub async fn enqueue_in<C: ConnectionTrait>(&self, conn: &C, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
         validate_batch(&messages)?;

@@ -245,7 +245,26 @@ impl SqlStore {
         conn.query_all_raw(q.build()).await.map_err(|e| self.db_err(e))
     }
 
-    pub(crate) async fn notify_committed(&self, ids: &[MessageId]) {
+    /// Wakes the relay's listener for `ids`, through the store's notifier (if it has one).
+    ///
+    /// Call it **after** committing a transaction you wrote with [`SqlStore::enqueue_in`]:
+    /// before the commit the relay could not see the rows yet. [`SqlStore::begin`] and
+    /// [`SqlStore::transaction`] call it for you. Skipping it loses nothing (the fallback
+    /// sweep publishes the rows after `fallback.min_age`); it only costs latency. Calling it
+    /// for ids that rolled back is harmless: the listener finds nothing to claim.
+    ///
+    /// ```no_run
+    /// # async fn run(store: outbox_sea_orm::SqlStore) -> Result<(), Box<dyn std::error::Error>> {
+    /// use outbox_core::NewMessage;
+    /// use sea_orm::TransactionTrait;
+    ///
+    /// let txn = store.connection().begin().await?;
+    /// let ids = store.enqueue_in(&txn, vec![NewMessage::new("orders.placed", "{}")]).await?;
+    /// txn.commit().await?;
+    /// store.notify_committed(&ids).await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn notify_committed(&self, ids: &[MessageId]) {
         if let Some(notifier) = &self.notifier
             && !ids.is_empty()
         {

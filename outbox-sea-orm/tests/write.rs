@@ -18,6 +18,7 @@ const TTL: Duration = Duration::from_secs(30);
 
 crate::per_backend!(
     enqueue_in_then_rollback_stores_nothing,
+    own_transaction_then_notify_committed_wakes_the_listener,
     transaction_commits_then_notifies_once,
     transaction_error_rolls_back_without_notifying,
     invalid_message_leaves_the_transaction_usable,
@@ -44,6 +45,25 @@ async fn enqueue_in_then_rollback_stores_nothing(store: SqlStore) {
     let claimed = store.claim_ids(&ids, &Lease::new(TTL)).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].payload, b"y");
+}
+
+/// The path for callers who run their own transaction: `enqueue_in`, their commit, then the
+/// public `notify_committed`, which reaches the store's notifier with the committed ids.
+async fn own_transaction_then_notify_committed_wakes_the_listener(store: SqlStore) {
+    let notifier = Arc::new(RecordingNotifier::default());
+    let store = store.with_notifier(notifier.clone());
+    let txn = store.connection().begin().await.unwrap();
+    let ids = store.enqueue_in(&txn, vec![NewMessage::new("write.own", "o").key("k")]).await.unwrap();
+    assert!(notifier.calls().is_empty(), "enqueue_in does not notify");
+    txn.commit().await.unwrap();
+
+    store.notify_committed(&ids).await;
+
+    assert_eq!(notifier.calls(), vec![ids.clone()]);
+    let claimed = store.claim_ids(&ids, &Lease::new(TTL)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the notified id is committed and claimable");
+    store.notify_committed(&[]).await;
+    assert_eq!(notifier.calls().len(), 1, "an empty id list sends nothing");
 }
 
 async fn transaction_commits_then_notifies_once(store: SqlStore) {
