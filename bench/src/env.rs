@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use outbox::nats::async_nats;
 use outbox::redis::redis;
+use outbox::sea_orm::schema::partition_of;
 use outbox::sea_orm::{SqlStore, SqlStoreConfig, migrate};
 use outbox::{Bus, MessageId};
 
@@ -188,17 +189,33 @@ impl Table {
     /// Inserts `n` pending messages with 256-byte payloads on topic `topic`, as old enough for
     /// any sweep: server-side `generate_series`, one statement per 50,000 rows, then `ANALYZE`.
     pub(crate) async fn prefill(&self, n: usize, topic: &str, keys: Keys) {
-        let key = match keys {
-            Keys::None => "NULL".to_owned(),
-            Keys::Spread(k) => format!("'key-' || (g % {k})"),
+        // Keyed rows carry their key's partition, as the store's enqueue writes it.
+        let (key, partition, join) = match keys {
+            Keys::None => ("NULL".to_owned(), "NULL".to_owned(), String::new()),
+            Keys::Spread(k) => {
+                let partitions = self.store.config().key_partitions;
+                let map: Vec<String> = (0..k)
+                    .map(|i| {
+                        let p = if partitions > 0 {
+                            partition_of(&format!("key-{i}"), partitions).to_string()
+                        } else {
+                            "NULL".to_owned()
+                        };
+                        format!("({i}, {p})")
+                    })
+                    .collect();
+                let join = format!(" JOIN (VALUES {}) AS m(i, p) ON m.i = g % {k}", map.join(", "));
+                (format!("'key-' || (g % {k})"), "m.p::int".to_owned(), join)
+            }
         };
         let mut done = 0;
         while done < n {
             let chunk = (n - done).min(50_000);
             let sql = format!(
-                "INSERT INTO \"{t}\" (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) \
-                 SELECT gen_random_uuid(), '{topic}', {key}, decode(repeat('ab', 256), 'hex'), '{{}}', 0, 0, 0, 0 \
-                 FROM generate_series({from}, {to}) g",
+                "INSERT INTO \"{t}\" (id, topic, msg_key, partition_no, payload, headers, status, attempts, \
+                 created_at, available_at) \
+                 SELECT gen_random_uuid(), '{topic}', {key}, {partition}, decode(repeat('ab', 256), 'hex'), '{{}}', \
+                 0, 0, 0, 0 FROM generate_series({from}, {to}) g{join} ORDER BY g",
                 t = self.name,
                 from = done + 1,
                 to = done + chunk,

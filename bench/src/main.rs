@@ -11,6 +11,8 @@ mod cpu;
 mod drain;
 mod env;
 mod idle;
+mod kafka;
+mod keys;
 mod latency;
 mod machine;
 mod probe;
@@ -24,7 +26,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 5] = ["store", "drain", "latency", "writer", "idle"];
+const SECTIONS: [&str; 7] = ["store", "drain", "keys", "kafka", "latency", "writer", "idle"];
 
 #[derive(Debug, Parser)]
 #[command(about = "Outbox benchmarks against the local Postgres, NATS JetStream and Redis")]
@@ -39,7 +41,8 @@ struct Args {
     /// run of every section, nothing otherwise).
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Only these sections (store, drain, latency, writer, idle); default all; drain runs store too.
+    /// Only these sections (store, drain, keys, kafka, latency, writer, idle); default all; drain and
+    /// kafka run store too.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SECTIONS))]
     only: Vec<String>,
     /// Messages per drain (default 200,000; 20,000 with --quick).
@@ -106,12 +109,21 @@ async fn run(args: Args) -> Result<(), env::BoxError> {
     let started = Instant::now();
     report::print_header();
     // The drain takes its SQL floor from the store section, so it runs that too.
-    if args.wants("store") || args.wants("drain") {
+    if args.wants("store") || args.wants("drain") || args.wants("kafka") {
         let plan = drain::Plan::new(args.quick, args.n);
         let raw_sql_at = store::run(&env, &mut report, plan.store_round_rows, plan.store_rounds).await;
-        if args.wants("drain") {
-            drain::run(&env, &mut report, &plan, &raw_sql_at).await;
+        let seed =
+            if args.wants("drain") { Some(drain::run(&env, &mut report, &plan, &raw_sql_at).await) } else { None };
+        if args.wants("kafka") {
+            let seed = match seed {
+                Some(s) => s,
+                None => drain::seed_style(&env, plan.n_seed).await.0,
+            };
+            kafka::run(&env, &mut report, &plan, &raw_sql_at, seed).await;
         }
+    }
+    if args.wants("keys") {
+        keys::run(&env, &mut report, &drain::Plan::new(args.quick, args.n)).await;
     }
     if args.wants("latency") {
         latency::run(&env, &mut report, args.quick).await;

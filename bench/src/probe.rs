@@ -77,4 +77,10 @@ impl OutboxStore for ProbeStore {
         self.hit("stats");
         self.inner.stats().await
     }
+    fn relay_started(&self) {
+        self.inner.relay_started();
+    }
+    async fn relay_stopped(&self) {
+        self.inner.relay_stopped().await;
+    }
 }

@@ -98,6 +98,18 @@ pub(crate) async fn redis_bus(s: &RelaySettings) -> anyhow::Result<BusAndCheck> 
     Ok((Arc::new(bus), check))
 }
 
+pub(crate) async fn kafka_bus(s: &RelaySettings) -> anyhow::Result<BusAndCheck> {
+    let bus = outbox::kafka::KafkaBus::builder(&s.kafka.bootstrap_servers).config(s.kafka.clone()).build()?;
+    // Fail start-up, like the other buses, when no broker answers.
+    bus.check(Duration::from_secs(5)).await?;
+    let probe = bus.clone();
+    let check: BrokerCheck = Arc::new(move || {
+        let probe = probe.clone();
+        Box::pin(async move { probe.check(Duration::from_secs(2)).await.map_err(|e| e.to_string()) })
+    });
+    Ok((Arc::new(bus), check))
+}
+
 pub(crate) async fn nats_notifier(s: &RelaySettings) -> anyhow::Result<Arc<dyn Notifier>> {
     let client = outbox::nats::connect(&s.nats_url).await?;
     Ok(Arc::new(outbox::nats::NatsNotifier::new(client, NATS_NOTIFY_SUBJECT)?))

@@ -56,6 +56,7 @@ pub(crate) enum Command {
 pub(crate) enum BusKind {
     Nats,
     Redis,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -92,7 +93,8 @@ pub(crate) enum RetentionArg {
 
 #[derive(Debug, Args)]
 pub(crate) struct RelayArgs {
-    /// Broker to publish to (default: nats if NATS_URL is set, else redis).
+    /// Broker to publish to (default: nats if NATS_URL is set, else redis if REDIS_URL is,
+    /// else kafka if KAFKA_BROKERS is, else nats).
     #[arg(long, env = "OUTBOX_BUS", value_enum)]
     pub(crate) bus: Option<BusKind>,
     /// NATS server URL.
@@ -101,11 +103,15 @@ pub(crate) struct RelayArgs {
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", value_parser = parse_url)]
     pub(crate) redis_url: Option<String>,
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub(crate) kafka_brokers: Option<String>,
     /// JetStream stream to create or check, taking `<prefix>>` (NATS). Empty: streams are
     /// managed elsewhere and not touched.
     #[arg(long, env = "OUTBOX_STREAM")]
     pub(crate) stream: Option<String>,
-    /// Prefix put before each topic to make the subject (NATS) or stream key (Redis).
+    /// Prefix put before each topic to make the subject (NATS), stream key (Redis) or Kafka
+    /// topic (default `outbox.`, `outbox:`, none).
     #[arg(long, env = "OUTBOX_PREFIX")]
     pub(crate) prefix: Option<String>,
     /// What wakes the listener.
@@ -132,6 +138,14 @@ pub(crate) struct RelayArgs {
     /// How a claim holds its rows until they are settled.
     #[arg(long, env = "OUTBOX_CLAIM_MODE", value_enum)]
     pub(crate) claim_mode: Option<ClaimModeArg>,
+    /// Partitions keyed messages are hashed into, shared out among the relays (0: off).
+    /// Every writer and relay of a table must agree; default 256.
+    #[arg(long, env = "OUTBOX_KEY_PARTITIONS")]
+    pub(crate) key_partitions: Option<u16>,
+    /// How long a relay's hold on its partitions lasts unrenewed, e.g. 10s: a dead relay's
+    /// partitions move within about 1⅓ of it.
+    #[arg(long, env = "OUTBOX_PARTITION_LEASE_TTL", value_parser = parse_duration)]
+    pub(crate) partition_lease_ttl: Option<Duration>,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9000.
     #[arg(long, env = "OUTBOX_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,
@@ -208,6 +222,32 @@ pub(crate) struct RelayArgs {
     /// Longest wait for a (re)connection to Redis, e.g. 5s.
     #[arg(long, env = "OUTBOX_REDIS_CONNECTION_TIMEOUT", value_parser = parse_duration, help_heading = "Redis Streams (--bus redis)")]
     pub(crate) redis_connection_timeout: Option<Duration>,
+
+    /// How long librdkafka retries one record before it is retryable for the relay (default 10s;
+    /// keep it under half --claim-ttl).
+    #[arg(long, env = "OUTBOX_KAFKA_DELIVERY_TIMEOUT", value_parser = parse_duration, help_heading = "Kafka (--bus kafka)")]
+    pub(crate) kafka_delivery_timeout: Option<Duration>,
+    /// How long one produce request waits for the broker (default 5s).
+    #[arg(long, env = "OUTBOX_KAFKA_REQUEST_TIMEOUT", value_parser = parse_duration, help_heading = "Kafka (--bus kafka)")]
+    pub(crate) kafka_request_timeout: Option<Duration>,
+    /// How long librdkafka waits to fill a produce request (default 5ms).
+    #[arg(long, env = "OUTBOX_KAFKA_LINGER", value_parser = parse_duration, help_heading = "Kafka (--bus kafka)")]
+    pub(crate) kafka_linger: Option<Duration>,
+    /// `client.id` (default outbox).
+    #[arg(long, env = "OUTBOX_KAFKA_CLIENT_ID", help_heading = "Kafka (--bus kafka)")]
+    pub(crate) kafka_client_id: Option<String>,
+    /// Any other librdkafka property as NAME=VALUE (TLS, SASL, compression); repeatable. The
+    /// ones the idempotent producer rests on are refused.
+    #[arg(long = "kafka-option", value_name = "NAME=VALUE", value_parser = parse_kafka_option, help_heading = "Kafka (--bus kafka)")]
+    pub(crate) kafka_options: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE`, a librdkafka property.
+pub(crate) fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("`{s}` is not NAME=VALUE (a librdkafka property, e.g. compression.type=lz4)")),
+    }
 }
 
 /// Broker-side dedup on Redis (`outbox_redis::Dedup`).

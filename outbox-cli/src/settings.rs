@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use outbox::kafka::{KafkaBusConfig, TopicMapping, is_secret_option};
 use outbox::nats::{JetStreamConfig, SubjectMapping};
 use outbox::redis::{Dedup, RedisBusConfig, StreamMapping};
 use outbox::sea_orm::{ClaimMode, SqlStoreConfig};
@@ -43,6 +46,7 @@ struct FileRelay {
     bus: Option<BusKind>,
     nats_url: Option<String>,
     redis_url: Option<String>,
+    kafka_brokers: Option<String>,
     stream: Option<String>,
     prefix: Option<String>,
     notifier: Option<NotifierKind>,
@@ -53,6 +57,8 @@ struct FileRelay {
     max_attempts: Option<u32>,
     retention: Option<RetentionArg>,
     claim_mode: Option<ClaimModeArg>,
+    key_partitions: Option<u16>,
+    partition_lease_ttl: Option<String>,
     metrics_addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
     dashboard_addr: Option<SocketAddr>,
@@ -74,6 +80,12 @@ struct FileRelay {
     redis_max_len: Option<usize>,
     redis_response_timeout: Option<String>,
     redis_connection_timeout: Option<String>,
+    kafka_delivery_timeout: Option<String>,
+    kafka_request_timeout: Option<String>,
+    kafka_linger: Option<String>,
+    kafka_client_id: Option<String>,
+    /// librdkafka properties; `--kafka-option` adds to (and overrides) these.
+    kafka_options: Option<BTreeMap<String, String>>,
 }
 
 /// Settings every command shares.
@@ -107,6 +119,8 @@ pub(crate) struct RelaySettings {
     pub(crate) duplicate_window: Duration,
     /// Used with `--bus redis`.
     pub(crate) redis: RedisBusConfig,
+    /// Used with `--bus kafka`.
+    pub(crate) kafka: KafkaBusConfig,
     // Kept as given, to print them back (`--check`).
     retention: RetentionArg,
     claim_mode: ClaimModeArg,
@@ -122,6 +136,8 @@ const REDIS_DEDUP: RedisDedupArg = RedisDedupArg::Lua;
 /// The flags that set each field the libraries validate, so an error says what to change.
 /// Each flag's variable is `OUTBOX_` + its name and its file key `relay.` + its name.
 const FIELD_FLAGS: &[(&str, &[&str])] = &[
+    ("store.key_partitions", &["key-partitions"]),
+    ("store.partition_lease_ttl", &["partition-lease-ttl"]),
     ("listener.max_batch", &["listener-max-batch", "batch-size"]),
     ("listener.linger", &["listener-linger"]),
     ("listener.concurrency", &["listener-concurrency"]),
@@ -142,6 +158,13 @@ const FIELD_FLAGS: &[(&str, &[&str])] = &[
     ("redis.dedup_window", &["redis-dedup-window"]),
     ("redis.response_timeout", &["redis-response-timeout"]),
     ("redis.connection_timeout", &["redis-connection-timeout"]),
+    ("kafka.bootstrap_servers", &["kafka-brokers"]),
+    ("kafka.topic_prefix", &["prefix"]),
+    ("kafka.delivery_timeout", &["kafka-delivery-timeout"]),
+    ("kafka.request_timeout", &["kafka-request-timeout"]),
+    ("kafka.linger", &["kafka-linger"]),
+    ("kafka.client_id", &["kafka-client-id"]),
+    ("kafka.options", &["kafka-option"]),
 ];
 
 /// A library's configuration error, plus where the bad value can be set.
@@ -153,9 +176,13 @@ fn explain(e: outbox::Error) -> anyhow::Error {
     let Some((_, flags)) = FIELD_FLAGS.iter().find(|(f, _)| f == field) else { return e.into() };
     let ways: Vec<_> = flags
         .iter()
-        .map(|flag| {
+        .map(|&flag| {
             let key = flag.replace('-', "_");
-            format!("--{flag} / OUTBOX_{} / relay.{key}", key.to_uppercase())
+            match flag {
+                "kafka-brokers" => format!("--{flag} / KAFKA_BROKERS / relay.{key}"),
+                "kafka-option" => format!("--{flag} NAME=VALUE / relay.kafka_options"),
+                _ => format!("--{flag} / OUTBOX_{} / relay.{key}", key.to_uppercase()),
+            }
         })
         .collect();
     anyhow::anyhow!("{e} (set it with {})", ways.join(", or "))
@@ -206,10 +233,11 @@ impl FileConfig {
         let f = &self.relay;
         let nats_url = args.nats_url.clone().or_else(|| f.nats_url.clone());
         let redis_url = args.redis_url.clone().or_else(|| f.redis_url.clone());
-        let bus = args.bus.or(f.bus).unwrap_or(if nats_url.is_some() || redis_url.is_none() {
-            BusKind::Nats
-        } else {
-            BusKind::Redis
+        let kafka_brokers = args.kafka_brokers.clone().or_else(|| f.kafka_brokers.clone());
+        let bus = args.bus.or(f.bus).unwrap_or(match (&nats_url, &redis_url, &kafka_brokers) {
+            (None, Some(_), _) => BusKind::Redis,
+            (None, None, Some(_)) => BusKind::Kafka,
+            _ => BusKind::Nats,
         });
         for url in [&nats_url, &redis_url].into_iter().flatten() {
             parse_url(url).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -218,6 +246,7 @@ impl FileConfig {
             match bus {
                 BusKind::Nats => NATS_PREFIX,
                 BusKind::Redis => REDIS_PREFIX,
+                BusKind::Kafka => "",
             }
             .to_owned()
         });
@@ -237,6 +266,13 @@ impl FileConfig {
             ClaimModeArg::Lease => ClaimMode::Lease,
             ClaimModeArg::Transaction => ClaimMode::Transaction,
         });
+        let partitions = args.key_partitions.or(f.key_partitions).unwrap_or(store.key_partitions);
+        let store = store.key_partitions(partitions);
+        let lease_ttl = duration(args.partition_lease_ttl, f.partition_lease_ttl.as_deref(), "partition_lease_ttl")?;
+        let store = match lease_ttl {
+            Some(ttl) => store.partition_lease_ttl(ttl),
+            None => store,
+        };
         store.validate().map_err(explain)?;
 
         let relay = self.relay_config(args)?;
@@ -271,10 +307,26 @@ impl FileConfig {
             duration(args.redis_connection_timeout, f.redis_connection_timeout.as_deref(), "redis_connection_timeout")?
                 .unwrap_or(redis.connection_timeout);
 
+        let mut kafka = KafkaBusConfig::new(kafka_brokers.unwrap_or_else(|| "127.0.0.1:9092".into()));
+        if !prefix.is_empty() {
+            kafka.topics = TopicMapping::Prefix(prefix.clone());
+        }
+        kafka.delivery_timeout =
+            duration(args.kafka_delivery_timeout, f.kafka_delivery_timeout.as_deref(), "kafka_delivery_timeout")?
+                .unwrap_or(kafka.delivery_timeout);
+        kafka.request_timeout =
+            duration(args.kafka_request_timeout, f.kafka_request_timeout.as_deref(), "kafka_request_timeout")?
+                .unwrap_or(kafka.request_timeout);
+        kafka.linger = duration(args.kafka_linger, f.kafka_linger.as_deref(), "kafka_linger")?.unwrap_or(kafka.linger);
+        kafka.client_id = args.kafka_client_id.clone().or_else(|| f.kafka_client_id.clone()).unwrap_or(kafka.client_id);
+        kafka.options = f.kafka_options.clone().unwrap_or_default();
+        kafka.options.extend(args.kafka_options.iter().cloned());
+
         // Only the chosen bus: a prefix can suit Redis keys and not NATS subjects.
         match bus {
             BusKind::Nats => nats.validate(),
             BusKind::Redis => redis.validate(),
+            BusKind::Kafka => kafka.validate(),
         }
         .map_err(explain)?;
 
@@ -294,6 +346,7 @@ impl FileConfig {
             nats,
             duplicate_window,
             redis,
+            kafka,
             retention,
             claim_mode,
             redis_dedup,
@@ -364,6 +417,8 @@ impl RelaySettings {
             max_attempts: Some(retry.max_attempts),
             retention: Some(self.retention),
             claim_mode: Some(self.claim_mode),
+            key_partitions: Some(self.store.key_partitions),
+            partition_lease_ttl: show(self.store.partition_lease_ttl),
             metrics_addr: self.metrics_addr,
             health_addr: self.health_addr,
             dashboard_addr: self.dashboard_addr,
@@ -393,6 +448,21 @@ impl RelaySettings {
                 relay.redis_max_len = self.redis.max_len;
                 relay.redis_response_timeout = show(self.redis.response_timeout);
                 relay.redis_connection_timeout = show(self.redis.connection_timeout);
+            }
+            BusKind::Kafka => {
+                relay.kafka_brokers = Some(self.kafka.bootstrap_servers.clone());
+                relay.kafka_delivery_timeout = show(self.kafka.delivery_timeout);
+                relay.kafka_request_timeout = show(self.kafka.request_timeout);
+                relay.kafka_linger = show(self.kafka.linger);
+                relay.kafka_client_id = Some(self.kafka.client_id.clone());
+                // Values of secret-looking names (`sasl.password`, …) are hidden, as in logs.
+                let options: BTreeMap<_, _> = self
+                    .kafka
+                    .options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), if is_secret_option(k) { "***".to_owned() } else { v.clone() }))
+                    .collect();
+                relay.kafka_options = (!options.is_empty()).then_some(options);
             }
         }
         FileConfig {

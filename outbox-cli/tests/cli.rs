@@ -108,6 +108,100 @@ async fn relay_to_redis_drains_on_sigterm_and_loses_nothing() {
     db.drop_table().await;
 }
 
+/// A Kafka topic of the test's own (the test broker creates none by itself), and the relay's
+/// environment.
+struct Kafka {
+    servers: String,
+    topic: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Kafka {
+    const PARTITIONS: i32 = 3;
+
+    /// `None` (skip) when no broker answers outside strict mode.
+    async fn new(db: &Db, topic: &str) -> Option<Self> {
+        use outbox::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use outbox::kafka::rdkafka::client::DefaultClientContext;
+
+        let servers = outbox::testkit::test_url("OUTBOX_TEST_KAFKA_URL", "127.0.0.1:9092");
+        let probe = outbox::kafka::KafkaBus::builder(&servers).build().unwrap();
+        if let Err(e) = probe.check(Duration::from_secs(10)).await {
+            return outbox::testkit::unreachable_server("OUTBOX_TEST_KAFKA_URL", &servers, e);
+        }
+        let prefix = format!("cli-{}.", outbox::testkit::unique_suffix());
+        let admin: AdminClient<DefaultClientContext> = Self::client(&servers).create().unwrap();
+        let topic = format!("{prefix}{topic}");
+        let new = NewTopic::new(&topic, Self::PARTITIONS, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for r in admin.create_topics([&new], &opts).await.unwrap() {
+            r.unwrap();
+        }
+        let mut env = env_of(db);
+        env.extend([("KAFKA_BROKERS", servers.clone()), ("OUTBOX_PREFIX", prefix.clone())]);
+        Some(Self { servers, topic, env })
+    }
+
+    fn client(servers: &str) -> outbox::kafka::rdkafka::ClientConfig {
+        let mut c = outbox::kafka::rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", servers);
+        c
+    }
+
+    /// Every record's (key, outbox id), partition by partition, once `n` arrived or 30 s passed.
+    async fn read(&self, n: usize) -> Vec<(String, outbox::MessageId)> {
+        use outbox::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+        use outbox::kafka::rdkafka::message::{Headers as _, Message};
+        use outbox::kafka::rdkafka::{Offset, TopicPartitionList};
+
+        let consumer: BaseConsumer = Self::client(&self.servers)
+            .set("group.id", format!("cli-test-{}", outbox::testkit::unique_suffix()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..Self::PARTITIONS {
+                tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            }
+            consumer.assign(&tpl).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut got = Vec::new();
+            while got.len() < n && std::time::Instant::now() < deadline {
+                let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let m = m.unwrap();
+                let id = m
+                    .headers()
+                    .and_then(|hs| hs.iter().find(|h| h.key == outbox::message::HEADER_MESSAGE_ID))
+                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                    .expect("an outbox id header");
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                got.push((m.partition(), m.offset(), key, id));
+            }
+            got.sort_by_key(|r| (r.0, r.1));
+            got.into_iter().map(|(_, _, key, id)| (key, id)).collect()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_kafka_drains_on_sigterm_and_loses_nothing() {
+    let Some(db) = Db::new().await else { return };
+    let Some(kafka) = Kafka::new(&db, "orders").await else { return };
+    let committed = db.write("orders", 400, 10, 40).await;
+    let relay = RelayProcess::start(&kafka.env, &["--bus", "kafka", "--interval", "100ms", "--min-age", "0s"]);
+    assert!(common::wait_until(Duration::from_secs(30), || async { db.pending().await == 0 }).await, "drained");
+    let (code, err) = relay.terminate().await;
+    assert_eq!(code, Some(0), "{err}");
+    let received = kafka.read(400).await;
+    let verdict = common::Verdict::of(&committed, &received);
+    assert_eq!((verdict.lost, verdict.duplicates_seen, verdict.order_violations), (0, 0, 0), "{verdict:?}");
+    db.drop_table().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_list_show_replay_and_purge() {
     let Some(db) = Db::new().await else { return };
@@ -287,6 +381,12 @@ async fn unreachable_servers_are_named_with_their_address() {
     let out = run(&["relay", "--bus", "redis", "--redis-url", "redis://127.0.0.1:1"], &env);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("Redis at redis://127.0.0.1:1"), "{}", stderr(&out));
+    let out = run(&["relay", "--bus", "kafka", "--kafka-brokers", "127.0.0.1:1"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no Kafka broker at 127.0.0.1:1"), "{}", stderr(&out));
+    let out = run(&["relay", "--bus", "kafka", "--kafka-option", "acks=1"], &env);
+    assert_eq!(out.status.code(), Some(2), "the producer's guarantees cannot be switched off");
+    assert!(stderr(&out).contains("--kafka-option"), "{}", stderr(&out));
     let out = run(&["relay", "--batch-size", "0"], &env);
     assert_eq!(out.status.code(), Some(2), "a bad setting is found before connecting");
     assert!(stderr(&out).contains("--batch-size"), "{}", stderr(&out));
@@ -420,6 +520,27 @@ fn relay_check_shows_the_defaults() {
         ],
     );
     assert!(!redis.contains_key("redis_max_len"), "no trimming by default");
+    let kafka = effective(None, &["--bus", "kafka"], &[]);
+    assert_settings(
+        &kafka,
+        &[
+            ("prefix", "\"\""),
+            ("kafka_brokers", "\"127.0.0.1:9092\""),
+            ("kafka_delivery_timeout", "\"10s\""),
+            ("kafka_request_timeout", "\"5s\""),
+            ("kafka_linger", "\"5ms\""),
+            ("kafka_client_id", "\"outbox\""),
+        ],
+    );
+    assert!(!kafka.contains_key("nats_window") && !kafka.contains_key("redis_dedup"), "{kafka:#?}");
+    let chosen = effective(None, &["--kafka-option", "sasl.password=hunter2"], &[("KAFKA_BROKERS", "k1:9092,k2:9092")]);
+    assert_settings(&chosen, &[("bus", "\"kafka\""), ("kafka_brokers", "\"k1:9092,k2:9092\"")]);
+    let printed = run(&["relay", "--check", "--kafka-option", "sasl.password=hunter2"], &[("KAFKA_BROKERS", "k:1")]);
+    assert!(
+        !stdout(&printed).contains("hunter2") && stdout(&printed).contains("sasl.password"),
+        "{}",
+        stdout(&printed)
+    );
     // --batch-size sizes listener batches too, and the ack timeout follows a short claim TTL.
     let derived = effective(None, &["--batch-size", "64", "--claim-ttl", "4s"], &[]);
     assert_settings(&derived, &[("listener_max_batch", "64"), ("batch_size", "64"), ("nats_ack_timeout", "\"2s\"")]);

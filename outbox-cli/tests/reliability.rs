@@ -38,6 +38,8 @@ fn nats_env(db: &Db, sink: &NatsSink, nats_url: &str) -> Vec<(&'static str, Stri
         ("OUTBOX_INTERVAL", "200ms".to_owned()),
         ("OUTBOX_MIN_AGE", "500ms".to_owned()),
         ("OUTBOX_BATCH_SIZE", "200".to_owned()),
+        // A killed relay's key partitions move to the others within ~1⅓ of this.
+        ("OUTBOX_PARTITION_LEASE_TTL", "2s".to_owned()),
     ]);
     env
 }
@@ -130,13 +132,30 @@ async fn crash_chaos_loses_nothing_and_keeps_key_order() {
     // Pace the writers so that they are still committing during every kill (~1.5 s apart).
     let pace = Duration::from_secs_f64(min_kills as f64 * 1.5 / (n as f64 / 10.0));
     let writer = spawn_writer(&db, n, keys, pace);
-    let mut kills = 0;
-    while !writer.is_finished() || kills < min_kills {
+    // Mostly SIGKILL and restart; now and then a relay joins or shuts down, so key partitions
+    // move every way they can while the keyed backlog drains.
+    let (mut kills, mut joins, mut leaves) = (0, 0, 0);
+    for step in 0.. {
+        if writer.is_finished() && kills >= min_kills && joins > 0 && leaves > 0 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(1000 + fastrand::u64(0..1000))).await;
-        let victim = fastrand::usize(0..relays.len());
-        relays[victim].signal("-KILL");
-        relays[victim] = RelayProcess::start(&env, &[]);
-        kills += 1;
+        match step % 4 {
+            1 if relays.len() < 3 => {
+                relays.push(RelayProcess::start(&env, &[]));
+                joins += 1;
+            }
+            3 if relays.len() > 1 => {
+                relays.swap_remove(fastrand::usize(0..relays.len())).terminate().await;
+                leaves += 1;
+            }
+            _ => {
+                let victim = fastrand::usize(0..relays.len());
+                relays[victim].signal("-KILL");
+                relays[victim] = RelayProcess::start(&env, &[]);
+                kills += 1;
+            }
+        }
     }
     let committed = writer.await.unwrap();
     let drain = drained(&db, Duration::from_secs(120)).await;
@@ -146,8 +165,8 @@ async fn crash_chaos_loses_nothing_and_keeps_key_order() {
     let received = sink.stored().await;
     let verdict = Verdict::of(&committed, &received);
     let dup_before = sink.publishes().saturating_sub(verdict.delivered);
-    println!("crash chaos: {kills} SIGKILLs");
-    row("crash chaos (2 relays, SIGKILL every 1-2 s)", &verdict, dup_before, drain);
+    println!("crash chaos: {kills} SIGKILLs, {joins} relays joined, {leaves} shut down");
+    row("crash chaos (1-3 relays, SIGKILL, join or leave every 1-2 s)", &verdict, dup_before, drain);
     assert_eq!(verdict.committed, n);
     assert_eq!((verdict.lost, verdict.duplicates_seen, verdict.order_violations), (0, 0, 0), "{verdict:?}");
     sink.delete().await;

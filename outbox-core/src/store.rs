@@ -151,6 +151,17 @@ pub trait OutboxStore: Send + Sync + Debug + 'static {
 
     /// Counts for monitoring.
     async fn stats(&self) -> Result<OutboxStats>;
+
+    /// A relay on this store started ([`Relay::spawn`](crate::Relay::spawn) calls it). The
+    /// default does nothing; a store that wraps another passes it on.
+    fn relay_started(&self) {}
+
+    /// A relay on this store stopped, its engines finished
+    /// ([`RelayHandle::shutdown`](crate::RelayHandle::shutdown) calls it). A store that holds
+    /// something for its relays, such as key partitions, hands it over when the last one
+    /// stops, so other relays take over at once instead of after a lease expires. The default
+    /// does nothing; a store that wraps another passes it on.
+    async fn relay_stopped(&self) {}
 }
 
 /// What operators need besides the relay's methods: per-key backlog, dead letters, replay and

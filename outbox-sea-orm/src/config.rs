@@ -1,5 +1,7 @@
 //! Store settings, validated when the store is built.
 
+use std::time::Duration;
+
 use outbox_core::{Error, Result, Retention};
 
 /// Table name used when none is configured.
@@ -8,6 +10,15 @@ pub const DEFAULT_TABLE: &str = "outbox_messages";
 /// Longest table name accepted: index names add up to 15 bytes, and Postgres truncates
 /// identifiers at 63 bytes (MySQL rejects names over 64).
 pub const MAX_TABLE_LEN: usize = 48;
+
+/// Key partitions when none are configured ([`SqlStoreConfig::key_partitions`]).
+pub const DEFAULT_KEY_PARTITIONS: u16 = 256;
+
+/// Most key partitions accepted.
+pub const MAX_KEY_PARTITIONS: u16 = 4096;
+
+/// Partition lease TTL when none is configured ([`SqlStoreConfig::partition_lease_ttl`]).
+pub const DEFAULT_PARTITION_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// Longest Postgres `LISTEN`/`NOTIFY` channel name (Postgres identifiers are at most 63 bytes).
 pub const MAX_CHANNEL_LEN: usize = 63;
@@ -43,6 +54,21 @@ pub struct SqlStoreConfig {
     /// How a claim holds its rows until they are completed or failed. Default
     /// [`ClaimMode::Auto`].
     pub claim_mode: ClaimMode,
+    /// How many partitions keyed messages are hashed into (stored with each row at enqueue).
+    /// Relays share the partitions through leases, and each claims keyed messages only from
+    /// the partitions it holds, so racing relays never contend for a key. Default
+    /// [`DEFAULT_KEY_PARTITIONS`] (256), at most [`MAX_KEY_PARTITIONS`]; more partitions
+    /// spread keys more evenly over more relays. `0` turns partitioning off: keyed messages
+    /// are then claimed by any relay through a head-of-key check per row, which is slower
+    /// with many keys and several relays. Every writer and relay of a table must use the
+    /// same value; change it only while the outbox is empty (a key would move partitions).
+    pub key_partitions: u16,
+    /// How long a relay's hold on its partitions lasts without renewal (renewed by its claims
+    /// every third of it). The partitions of a relay that dies move to the others within
+    /// about 1⅓ of it; a relay that shuts down hands them over at once. Default
+    /// [`DEFAULT_PARTITION_LEASE_TTL`] (10 s), at least 1 s. Keep the fallback interval
+    /// below a third of it, or holds lapse between sweeps.
+    pub partition_lease_ttl: Duration,
 }
 
 /// How a claim keeps other relays off its rows while they are being published.
@@ -77,6 +103,8 @@ impl Default for SqlStoreConfig {
             retention: Retention::Delete,
             notify_channel: None,
             claim_mode: ClaimMode::Auto,
+            key_partitions: DEFAULT_KEY_PARTITIONS,
+            partition_lease_ttl: DEFAULT_PARTITION_LEASE_TTL,
         }
     }
 }
@@ -106,9 +134,33 @@ impl SqlStoreConfig {
         self
     }
 
+    /// Sets [`SqlStoreConfig::key_partitions`] (`0`: off).
+    pub fn key_partitions(mut self, partitions: u16) -> Self {
+        self.key_partitions = partitions;
+        self
+    }
+
+    /// Sets [`SqlStoreConfig::partition_lease_ttl`].
+    pub fn partition_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.partition_lease_ttl = ttl;
+        self
+    }
+
     /// Checks every field; the error names the bad one and what is allowed.
     pub fn validate(&self) -> Result<()> {
         check_identifier("store.table", &self.table, MAX_TABLE_LEN)?;
+        if self.key_partitions > MAX_KEY_PARTITIONS {
+            return Err(Error::config(
+                "store.key_partitions",
+                format!("must be at most {MAX_KEY_PARTITIONS} (0 turns partitioning off), got {}", self.key_partitions),
+            ));
+        }
+        if self.partition_lease_ttl < Duration::from_secs(1) {
+            return Err(Error::config(
+                "store.partition_lease_ttl",
+                format!("must be at least 1s, got {:?}", self.partition_lease_ttl),
+            ));
+        }
         if let Some(channel) = &self.notify_channel {
             check_identifier("store.notify_channel", channel, MAX_CHANNEL_LEN)?;
         }
@@ -142,7 +194,17 @@ mod tests {
         assert_eq!(c.table, "outbox_messages");
         assert_eq!(c.retention, Retention::Delete);
         assert_eq!(c.notify_channel, None);
+        assert_eq!(c.key_partitions, DEFAULT_KEY_PARTITIONS);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_too_many_partitions_and_short_partition_leases() {
+        let err = SqlStoreConfig::default().key_partitions(MAX_KEY_PARTITIONS + 1).validate().unwrap_err();
+        assert!(err.to_string().contains("`store.key_partitions` must be at most 4096"), "{err}");
+        let err = SqlStoreConfig::default().partition_lease_ttl(Duration::from_millis(999)).validate().unwrap_err();
+        assert!(err.to_string().contains("`store.partition_lease_ttl` must be at least 1s"), "{err}");
+        SqlStoreConfig::default().key_partitions(0).validate().unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sea_orm::{
 use crate::SqlStore;
 use crate::sql::{Dialect, Query};
 
-/// Rows per `INSERT` on MySQL and SQLite (7 binds each; SQLite allows 32,766 binds).
+/// Rows per `INSERT` on MySQL and SQLite (8 binds each; SQLite allows 32,766 binds).
 const ROWS_PER_INSERT: usize = 1_000;
 
 impl SqlStore {
@@ -116,11 +116,12 @@ impl SqlStore {
 
     /// `INSERT … VALUES (…), …`, one row per message.
     fn push_insert_values(&self, q: &mut Query, messages: Vec<NewMessage>, now: i64) -> Result<()> {
-        q.push("INSERT INTO ")
-            .push(&self.table)
-            .push(" (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) VALUES ");
+        q.push("INSERT INTO ").push(&self.table).push(
+            " (id, topic, msg_key, partition_no, payload, headers, status, attempts, created_at, available_at) VALUES ",
+        );
         for (i, m) in messages.into_iter().enumerate() {
             let headers = headers_json(&m)?;
+            let partition = self.partition_of(m.key.as_deref());
             if i > 0 {
                 q.push(", ");
             }
@@ -130,6 +131,8 @@ impl SqlStore {
                 .bind(m.topic)
                 .push(", ")
                 .bind(m.key)
+                .push(", ")
+                .bind(partition)
                 .push(", ")
                 .bind(m.payload)
                 .push(", ")
@@ -170,6 +173,7 @@ impl SqlStore {
         use sea_orm::sea_query::ArrayType;
 
         let n = messages.len();
+        let mut partitions = Vec::with_capacity(n);
         let (mut ids, mut topics, mut keys, mut has_key, mut payloads, mut headers) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -180,6 +184,8 @@ impl SqlStore {
         );
         for m in messages {
             headers.push(headers_json(&m)?);
+            // -1: no partition (arrays bind without NULL elements).
+            partitions.push(self.partition_of(m.key.as_deref()).unwrap_or(-1));
             ids.push(m.id.as_uuid());
             topics.push(m.topic);
             // Arrays bind without NULL elements, so a flag says whether the key is set.
@@ -189,8 +195,9 @@ impl SqlStore {
         }
         q.push("INSERT INTO ")
             .push(&self.table)
-            .push(" (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) ")
-            .push("SELECT u.id, u.topic, CASE WHEN u.has_key THEN u.msg_key END, u.payload, u.headers, 0, 0, ")
+            .push(" (id, topic, msg_key, partition_no, payload, headers, status, attempts, created_at, available_at) ")
+            .push("SELECT u.id, u.topic, CASE WHEN u.has_key THEN u.msg_key END, NULLIF(u.part, -1), u.payload, ")
+            .push("u.headers, 0, 0, ")
             .bind(now)
             .push(", ")
             .bind(now)
@@ -203,11 +210,23 @@ impl SqlStore {
             .push("::text[], ")
             .bind(has_key)
             .push("::boolean[], ")
+            .bind(partitions)
+            .push("::int[], ")
             .bind(Value::Array(ArrayType::Bytes, Some(Box::new(payloads))))
             .push("::bytea[], ")
             .bind(headers)
-            .push("::text[]) WITH ORDINALITY AS u(id, topic, msg_key, has_key, payload, headers, ord) ORDER BY u.ord");
+            .push("::text[]) WITH ORDINALITY AS u(id, topic, msg_key, has_key, part, payload, headers, ord) ORDER BY u.ord");
         Ok(())
+    }
+}
+
+impl SqlStore {
+    /// The partition a message's row records: its key's, with partitioning on.
+    fn partition_of(&self, key: Option<&str>) -> Option<i32> {
+        match (key, self.config.key_partitions) {
+            (Some(key), partitions) if partitions > 0 => Some(crate::partition::partition_of(key, partitions)),
+            _ => None,
+        }
     }
 }
 

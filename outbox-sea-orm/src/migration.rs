@@ -1,13 +1,18 @@
-//! Creates the outbox table and its indexes, as a SeaORM migration or in one call.
+//! Creates the outbox table, its indexes and its partition lease tables, as a SeaORM
+//! migration or in one call; upgrades a table made before key partitions in place.
 
 use async_trait::async_trait;
 use outbox_core::Result;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager};
 
-use crate::config::{DEFAULT_TABLE, MAX_TABLE_LEN, SqlStoreConfig, check_identifier};
+use crate::config::{DEFAULT_KEY_PARTITIONS, DEFAULT_TABLE, MAX_TABLE_LEN, SqlStoreConfig, check_identifier};
 use crate::error::from_db_err;
-use crate::sql::Dialect;
+use crate::partition::{leases_table, partition_of, relays_table};
+use crate::sql::{Dialect, Query};
+
+/// Rows given their partition per statement when upgrading a table.
+const BACKFILL_BATCH: i64 = 5_000;
 
 /// A migration that creates (`up`) or drops (`down`) one outbox table. Add it to your own
 /// `Migrator` so the outbox table is versioned with the rest of your schema:
@@ -30,11 +35,15 @@ use crate::sql::Dialect;
 /// ```
 ///
 /// `up` is idempotent (`CREATE … IF NOT EXISTS`), so it also adopts a table created earlier by
-/// [`migrate`].
+/// [`migrate`]. On a table made before key partitions it adds the `partition_no` column,
+/// its index and the lease tables, and gives every pending and dead keyed row its
+/// partition, in batches (set the count with [`key_partitions`](Self::key_partitions) if
+/// the store's is not the default).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxMigration {
     table: String,
     name: String,
+    key_partitions: u16,
 }
 
 impl OutboxMigration {
@@ -43,7 +52,18 @@ impl OutboxMigration {
     pub fn new(table: impl Into<String>) -> Result<Self> {
         let table = table.into();
         check_identifier("store.table", &table, MAX_TABLE_LEN)?;
-        Ok(Self { name: format!("m20250601_000001_create_outbox_table_{table}"), table })
+        Ok(Self {
+            name: format!("m20250601_000001_create_outbox_table_{table}"),
+            table,
+            key_partitions: DEFAULT_KEY_PARTITIONS,
+        })
+    }
+
+    /// The partition count existing rows are given when a table is upgraded: the store's
+    /// [`SqlStoreConfig::key_partitions`] (`0`: none). Default 256.
+    pub fn key_partitions(mut self, partitions: u16) -> Self {
+        self.key_partitions = partitions;
+        self
     }
 
     /// The table it creates.
@@ -55,7 +75,11 @@ impl OutboxMigration {
 impl Default for OutboxMigration {
     /// The migration for [`DEFAULT_TABLE`].
     fn default() -> Self {
-        Self { table: DEFAULT_TABLE.to_owned(), name: format!("m20250601_000001_create_outbox_table_{DEFAULT_TABLE}") }
+        Self {
+            table: DEFAULT_TABLE.to_owned(),
+            name: format!("m20250601_000001_create_outbox_table_{DEFAULT_TABLE}"),
+            key_partitions: DEFAULT_KEY_PARTITIONS,
+        }
     }
 }
 
@@ -73,13 +97,17 @@ impl MigrationTrait for OutboxMigration {
         for ddl in create_statements(dialect, &self.table) {
             conn.execute_unprepared(&ddl).await?;
         }
-        Ok(())
+        upgrade(conn, dialect, &self.table).await?;
+        backfill_partitions(conn, dialect, &self.table, self.key_partitions).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let dialect = Dialect::of(manager.get_database_backend()).map_err(|e| DbErr::Migration(e.to_string()))?;
-        let sql = format!("DROP TABLE IF EXISTS {}", dialect.quote(&self.table));
-        manager.get_connection().execute_unprepared(&sql).await.map(|_| ())
+        for table in [leases_table(&self.table), relays_table(&self.table), self.table.clone()] {
+            let sql = format!("DROP TABLE IF EXISTS {}", dialect.quote(&table));
+            manager.get_connection().execute_unprepared(&sql).await?;
+        }
+        Ok(())
     }
 }
 
@@ -113,9 +141,126 @@ impl MigratorTrait for Migrator {
 /// ```
 pub async fn migrate(db: &DatabaseConnection, config: &SqlStoreConfig) -> Result<()> {
     config.validate()?;
-    let migration = OutboxMigration::new(config.table.clone())?;
+    let migration = OutboxMigration::new(config.table.clone())?.key_partitions(config.key_partitions);
     let backend = db.get_database_backend();
     migration.up(&SchemaManager::new(db)).await.map_err(|e| from_db_err(backend, &config.table, e))
+}
+
+/// Brings a table up to date: the `partition_no` column and its index (tables made before
+/// key partitions lack them), and the lease tables.
+async fn upgrade(conn: &impl ConnectionTrait, dialect: Dialect, table: &str) -> Result<(), DbErr> {
+    let t = dialect.quote(table);
+    let part_idx = dialect.quote(&format!("{table}_part_idx"));
+    if !has_column(conn, dialect, table, "partition_no").await? {
+        let ty = if dialect == Dialect::MySql { "INT" } else { "INTEGER" };
+        conn.execute_unprepared(&format!("ALTER TABLE {t} ADD COLUMN partition_no {ty} NULL")).await?;
+    }
+    // A sweep reads each held partition's pending rows in `seq` order; rows without a
+    // partition (keyless ones) are swept through the same index.
+    let index = format!("{part_idx} ON {t} (partition_no, status, seq)");
+    match dialect {
+        Dialect::Postgres | Dialect::Sqlite => {
+            conn.execute_unprepared(&format!("CREATE INDEX IF NOT EXISTS {index}")).await?;
+        }
+        Dialect::MySql => {
+            let q = format!(
+                "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() \
+                 AND table_name = '{table}' AND index_name = '{table}_part_idx'"
+            );
+            if conn.query_one_raw(sea_orm::Statement::from_string(dialect.backend(), q)).await?.is_none() {
+                conn.execute_unprepared(&format!("CREATE INDEX {index}")).await?;
+            }
+        }
+    }
+    for ddl in lease_statements(dialect, table) {
+        conn.execute_unprepared(&ddl).await?;
+    }
+    Ok(())
+}
+
+async fn has_column(conn: &impl ConnectionTrait, dialect: Dialect, table: &str, column: &str) -> Result<bool, DbErr> {
+    // `table` and `column` are validated plain identifiers.
+    let q = match dialect {
+        Dialect::Postgres => format!(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() \
+             AND table_name = '{table}' AND column_name = '{column}'"
+        ),
+        Dialect::MySql => format!(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name = '{table}' AND column_name = '{column}'"
+        ),
+        Dialect::Sqlite => format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"),
+    };
+    Ok(conn.query_one_raw(sea_orm::Statement::from_string(dialect.backend(), q)).await?.is_some())
+}
+
+/// Gives pending and dead keyed rows without a partition theirs (rows of a table made
+/// before key partitions), in batches.
+async fn backfill_partitions(
+    conn: &impl ConnectionTrait,
+    dialect: Dialect,
+    table: &str,
+    partitions: u16,
+) -> Result<(), DbErr> {
+    if partitions == 0 {
+        return Ok(());
+    }
+    let t = dialect.quote(table);
+    let mut total = 0u64;
+    loop {
+        let mut q = Query::new(dialect);
+        q.push("SELECT seq, msg_key FROM ")
+            .push(&t)
+            .push(" WHERE msg_key IS NOT NULL AND partition_no IS NULL AND status IN (0, 2) ORDER BY seq LIMIT ")
+            .bind(BACKFILL_BATCH);
+        let rows = conn.query_all_raw(q.build()).await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut by_partition: std::collections::BTreeMap<i32, Vec<i64>> = std::collections::BTreeMap::new();
+        for row in &rows {
+            let seq: i64 = row.try_get_by_index(0)?;
+            let key: String = row.try_get_by_index(1)?;
+            by_partition.entry(partition_of(&key, partitions)).or_default().push(seq);
+        }
+        for (partition, seqs) in by_partition {
+            let mut q = Query::new(dialect);
+            q.push("UPDATE ").push(&t).push(" SET partition_no = ").bind(partition).push(" WHERE ").i64_in("seq", seqs);
+            conn.execute_raw(q.build()).await?;
+        }
+        total += rows.len() as u64;
+    }
+    if total > 0 {
+        tracing::info!(table, rows = total, partitions, "gave existing keyed rows their partition");
+    }
+    Ok(())
+}
+
+/// The lease tables of `table`: a row per partition, and a row per live relay.
+fn lease_statements(dialect: Dialect, table: &str) -> Vec<String> {
+    let leases = dialect.quote(&leases_table(table));
+    let relays = dialect.quote(&relays_table(table));
+    let (owner, engine) = match dialect {
+        Dialect::Postgres => ("UUID", ""),
+        Dialect::MySql => ("BINARY(16)", " ENGINE = InnoDB"),
+        Dialect::Sqlite => ("BLOB", ""),
+    };
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {leases} (
+                partition_no INTEGER NOT NULL PRIMARY KEY,
+                owner {owner} NULL,
+                epoch BIGINT NOT NULL DEFAULT 0,
+                lease_until BIGINT NOT NULL DEFAULT 0
+            ){engine}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {relays} (
+                owner {owner} NOT NULL PRIMARY KEY,
+                alive_until BIGINT NOT NULL
+            ){engine}"
+        ),
+    ]
 }
 
 /// The DDL for `table`, one statement per string.
@@ -124,6 +269,7 @@ pub(crate) fn create_statements(dialect: Dialect, table: &str) -> Vec<String> {
     let status_idx = dialect.quote(&format!("{table}_status_seq_idx"));
     let key_idx = dialect.quote(&format!("{table}_key_head_idx"));
     let id_key = dialect.quote(&format!("{table}_id_key"));
+    let part_idx = dialect.quote(&format!("{table}_part_idx"));
     match dialect {
         Dialect::Postgres => vec![
             // fillfactor leaves room on each page so claims (which touch no indexed column)
@@ -134,6 +280,7 @@ pub(crate) fn create_statements(dialect: Dialect, table: &str) -> Vec<String> {
                     id UUID NOT NULL,
                     topic VARCHAR(255) NOT NULL,
                     msg_key VARCHAR(255) NULL,
+                    partition_no INTEGER NULL,
                     payload BYTEA NOT NULL,
                     headers TEXT NOT NULL,
                     status SMALLINT NOT NULL DEFAULT 0,
@@ -162,6 +309,7 @@ pub(crate) fn create_statements(dialect: Dialect, table: &str) -> Vec<String> {
                 id BINARY(16) NOT NULL,
                 topic VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
                 msg_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+                partition_no INT NULL,
                 payload LONGBLOB NOT NULL,
                 headers MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
                 status SMALLINT NOT NULL DEFAULT 0,
@@ -174,7 +322,8 @@ pub(crate) fn create_statements(dialect: Dialect, table: &str) -> Vec<String> {
                 finished_at BIGINT NULL,
                 UNIQUE KEY {id_key} (id),
                 KEY {status_idx} (status, seq),
-                KEY {key_idx} (msg_key, status, seq)
+                KEY {key_idx} (msg_key, status, seq),
+                KEY {part_idx} (partition_no, status, seq)
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
         )],
         // AUTOINCREMENT: a deleted last row never gives its seq to a newer message.
@@ -185,6 +334,7 @@ pub(crate) fn create_statements(dialect: Dialect, table: &str) -> Vec<String> {
                     id BLOB NOT NULL,
                     topic TEXT NOT NULL,
                     msg_key TEXT NULL,
+                    partition_no INTEGER NULL,
                     payload BLOB NOT NULL,
                     headers TEXT NOT NULL,
                     status INTEGER NOT NULL DEFAULT 0,

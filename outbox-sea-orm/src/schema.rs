@@ -6,6 +6,7 @@
 //! | `id` | `UUID` / `BINARY(16)` / `BLOB`, unique | the message id (UUIDv7) |
 //! | `topic` | `VARCHAR(255)` (binary collation on MySQL) | destination |
 //! | `msg_key` | `VARCHAR(255)`, null | ordering key |
+//! | `partition_no` | `INTEGER`, null | the key's partition (FNV-1a of the key modulo `key_partitions`); null without a key or with partitioning off |
 //! | `payload` | `BYTEA` / `LONGBLOB` / `BLOB` | payload bytes |
 //! | `headers` | `TEXT` (`MEDIUMTEXT` on MySQL) | JSON object of strings |
 //! | `status` | `SMALLINT` | [`status::PENDING`], [`status::PUBLISHED`] (only with `Retention::KeepPublished`), [`status::DEAD`] |
@@ -17,10 +18,15 @@
 //! | `claim_token` | like `id`, null | the lease token of the current claim |
 //! | `finished_at` | `BIGINT`, null | when it was published (kept rows) or dead-lettered, unix ms |
 //!
-//! Indexes: `(status, seq)` for sweeps, dead letters and purges; `(msg_key, status, seq)` for
-//! the head-of-key check (on Postgres a partial `(msg_key, seq)` index over pending and dead
-//! rows). All times are computed by the application
+//! Indexes: `(status, seq)` for dead letters and purges; `(partition_no, status, seq)` for
+//! sweeps (per held partition, and of rows without one); `(msg_key, status, seq)` for the
+//! head-of-key check (on Postgres a partial `(msg_key, seq)` index over pending and dead
+//! rows). Beside it, `<table>_partitions` holds a lease per partition (`partition_no`,
+//! `owner`, `epoch`, `lease_until`) and `<table>_relays` a row per live relay (`owner`,
+//! `alive_until`). All times are computed by the application
 //! ([`now_millis`](outbox_core::message::now_millis)), which keeps the SQL portable.
+
+pub use crate::partition::partition_of;
 
 /// Values of the `status` column.
 pub mod status {
@@ -137,6 +143,7 @@ pub mod entity {
         pub id: Uuid,
         pub topic: String,
         pub msg_key: Option<String>,
+        pub partition_no: Option<i32>,
         pub payload: Vec<u8>,
         #[sea_orm(column_type = "Text")]
         pub headers: String,

@@ -55,6 +55,20 @@ impl ListItem for Uuid {
     }
 }
 
+impl ListItem for i32 {
+    #[cfg(feature = "postgres")]
+    fn array(items: Vec<Self>) -> Value {
+        items.into()
+    }
+}
+
+impl ListItem for i64 {
+    #[cfg(feature = "postgres")]
+    fn array(items: Vec<Self>) -> Value {
+        items.into()
+    }
+}
+
 /// Where a row is stored (Postgres `ctid`): block number and item offset. Read in binary,
 /// so the server skips a text conversion per row and the client an allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +149,16 @@ impl Query {
     /// prepared statement is reused), `column IN (?, …)` elsewhere. `ids` must not be empty.
     pub(crate) fn uuid_in(&mut self, column: &str, ids: impl IntoIterator<Item = Uuid>) -> &mut Self {
         self.any_of(column, ids.into_iter().collect())
+    }
+
+    /// [`uuid_in`](Self::uuid_in) for `INTEGER` columns.
+    pub(crate) fn i32_in(&mut self, column: &str, values: impl IntoIterator<Item = i32>) -> &mut Self {
+        self.any_of(column, values.into_iter().collect())
+    }
+
+    /// [`uuid_in`](Self::uuid_in) for `BIGINT` columns.
+    pub(crate) fn i64_in(&mut self, column: &str, values: impl IntoIterator<Item = i64>) -> &mut Self {
+        self.any_of(column, values.into_iter().collect())
     }
 
     /// `column = ANY($n::tid[])`: rows by physical address (Postgres). Only for rows this

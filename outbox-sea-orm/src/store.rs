@@ -26,6 +26,7 @@ use crate::decode::{Row, Unreadable};
 use crate::error::{backend_name, from_db_err};
 #[cfg(feature = "postgres")]
 use crate::held::{HeldClaims, MIN_POOL, PoolShare, Prepared};
+use crate::partition::{LeaseTables, Ownership};
 use crate::schema::{MAX_ERROR_LEN, MESSAGE_COLUMNS};
 use crate::sql::{Dialect, Query, Tid};
 
@@ -64,6 +65,11 @@ pub struct SqlStore {
     pub(crate) held: Option<Arc<HeldClaims>>,
     /// When a sweep may next look past its window.
     full_sweeps: Arc<Gate>,
+    /// The store's hold on key partitions; `None` with partitioning off.
+    pub(crate) ownership: Option<Arc<Ownership>>,
+    /// Whether the next sweep claims keyed messages before the others (they take turns,
+    /// so neither kind starves the other).
+    keyed_first: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Lets one caller through per period.
@@ -98,6 +104,7 @@ impl fmt::Debug for SqlStore {
             .field("notify_channel", &self.config.notify_channel)
             .field("notifier", &self.notifier)
             .field("claim_mode", &self.claim_mode())
+            .field("key_partitions", &self.config.key_partitions)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +113,13 @@ impl fmt::Debug for SqlStore {
 #[derive(Clone, Copy)]
 pub(crate) enum Pick<'a> {
     Ids(&'a [MessageId]),
+    /// Keyed rows of held partitions, by `seq`: the heads [`crate::partition`] found.
+    Heads {
+        seqs: &'a [i64],
+        created_before: UnixMillis,
+        limit: usize,
+    },
+    /// Rows without a partition (all rows, with partitioning off).
     /// `window`: only rows whose `seq` is within this many of the sweep's start
     /// ([`SqlStore::push_window_start`]).
     Due {
@@ -162,6 +176,10 @@ impl SqlStore {
         let held = if holds { Self::held_claims(&db, config.claim_mode)? } else { None };
         #[cfg(not(feature = "postgres"))]
         let _ = holds;
+        let ownership = (config.key_partitions > 0).then(|| {
+            let tables = LeaseTables::of(dialect, &config.table);
+            Arc::new(Ownership::new(config.key_partitions, config.partition_lease_ttl, tables))
+        });
         Ok(Self {
             db,
             config,
@@ -171,6 +189,8 @@ impl SqlStore {
             #[cfg(feature = "postgres")]
             held,
             full_sweeps: Arc::default(),
+            ownership,
+            keyed_first: Arc::default(),
         })
     }
 
@@ -226,6 +246,13 @@ impl SqlStore {
     /// The connection pool.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// This store's id as an owner of key partitions (the `owner` column of
+    /// `<table>_partitions` and `<table>_relays`); `None` with partitioning off. Clones
+    /// share it; every [`SqlStore::new`] is a new owner.
+    pub fn partition_owner(&self) -> Option<Uuid> {
+        self.ownership.as_ref().map(|own| own.owner)
     }
 
     /// The backend in use: `postgres`, `mysql` or `sqlite`.
@@ -292,11 +319,19 @@ impl SqlStore {
         match pick {
             Pick::Ids(ids) => {
                 q.push(" AND ").uuid_in("c.id", ids.iter().map(|id| id.as_uuid()));
+                self.push_held_partition(q, now);
+            }
+            Pick::Heads { seqs, created_before, limit } => {
+                q.push(" AND ").i64_in("c.seq", seqs.iter().copied());
+                Self::push_old_enough(q, created_before);
+                self.push_held_partition(q, now);
+                q.push(" ORDER BY c.seq LIMIT ").bind(limit_value(limit));
             }
             Pick::Due { created_before, limit, window } => {
-                q.push(" AND (c.attempts > 0 OR c.claimed_until IS NOT NULL OR c.created_at <= ")
-                    .bind(created_before)
-                    .push(")");
+                if self.ownership.is_some() {
+                    q.push(" AND c.partition_no IS NULL");
+                }
+                Self::push_old_enough(q, created_before);
                 match window {
                     // `lo` is where the window starts ([`SqlStore::push_window_start`]).
                     Some(len) if self.dialect == Dialect::Postgres => {
@@ -313,6 +348,28 @@ impl SqlStore {
                 }
                 q.push(" ORDER BY c.seq LIMIT ").bind(limit_value(limit));
             }
+        }
+    }
+
+    /// A sweep's age rule: retries and expired claims need only be due, new rows must have
+    /// been created by `created_before`.
+    fn push_old_enough(q: &mut Query, created_before: UnixMillis) {
+        q.push(" AND (c.attempts > 0 OR c.claimed_until IS NOT NULL OR c.created_at <= ")
+            .bind(created_before)
+            .push(")");
+    }
+
+    /// With partitioning: the row has no partition, or this store holds its partition now.
+    /// Checked in the claim itself, so a store whose hold lapsed cannot claim from it.
+    fn push_held_partition(&self, q: &mut Query, now: UnixMillis) {
+        if let Some(own) = &self.ownership {
+            q.push(" AND (c.partition_no IS NULL OR EXISTS (SELECT 1 FROM ")
+                .push(&own.leases_table)
+                .push(" l WHERE l.partition_no = c.partition_no AND l.owner = ")
+                .bind(own.owner)
+                .push(" AND l.lease_until > ")
+                .bind(now)
+                .push("))");
         }
     }
 
@@ -338,9 +395,12 @@ impl SqlStore {
     /// lets Postgres use its partial head-of-key index.)
     fn push_window_start(&self, q: &mut Query, now: UnixMillis, len: i64) {
         let t = &self.table;
+        let unpartitioned = if self.ownership.is_some() { " AND w.partition_no IS NULL" } else { "" };
         q.push("COALESCE((SELECT s.seq FROM (SELECT w.seq, w.msg_key, w.available_at FROM ")
             .push(t)
-            .push(" w WHERE w.status = 0 ORDER BY w.seq LIMIT ")
+            .push(" w WHERE w.status = 0")
+            .push(unpartitioned)
+            .push(" ORDER BY w.seq LIMIT ")
             .bind(len)
             .push(") s WHERE s.available_at <= ")
             .bind(now)
@@ -351,14 +411,59 @@ impl SqlStore {
             .bind(now)
             .push("))) ORDER BY s.seq LIMIT 1), (SELECT MAX(s.seq) + 1 FROM (SELECT w.seq FROM ")
             .push(t)
-            .push(" w WHERE w.status = 0 ORDER BY w.seq LIMIT ")
+            .push(" w WHERE w.status = 0")
+            .push(unpartitioned)
+            .push(" ORDER BY w.seq LIMIT ")
             .bind(len)
             .push(") s))");
     }
 
-    /// A sweep: the window first, the whole backlog when that came back short and the last
-    /// full sweep is [`FULL_SWEEP_EVERY`] ago.
+    /// A sweep: keyed messages from the held partitions and the others, taking turns at
+    /// going first; a failure of the second part keeps what the first claimed.
     async fn sweep(&self, created_before: UnixMillis, limit: usize, lease: &Lease) -> Result<Vec<OutboxMessage>> {
+        use std::sync::atomic::Ordering;
+        let claimed = if self.ownership.is_none() {
+            self.sweep_unpartitioned(created_before, limit, lease).await?
+        } else {
+            let keyed_first = !self.keyed_first.fetch_xor(true, Ordering::Relaxed);
+            let mut claimed = if keyed_first {
+                self.claim_keyed(created_before, limit, lease).await?
+            } else {
+                self.sweep_unpartitioned(created_before, limit, lease).await?
+            };
+            let rest = limit - claimed.len();
+            if rest > 0 {
+                let more = if keyed_first {
+                    self.sweep_unpartitioned(created_before, rest, lease).await
+                } else {
+                    self.claim_keyed(created_before, rest, lease).await
+                };
+                match more {
+                    Ok(more) => claimed.extend(more),
+                    Err(error) if !claimed.is_empty() => tracing::debug!(%error, "half a sweep failed"),
+                    Err(error) => return Err(error),
+                }
+            }
+            claimed
+        };
+        #[cfg(feature = "postgres")]
+        if let Some(held) = &self.held {
+            held.set_idle(claimed.is_empty());
+        }
+        Ok(claimed)
+    }
+
+    /// A sweep of rows without a partition: the window first, the whole backlog when that
+    /// came back short and the last full sweep is [`FULL_SWEEP_EVERY`] ago.
+    async fn sweep_unpartitioned(
+        &self,
+        created_before: UnixMillis,
+        limit: usize,
+        lease: &Lease,
+    ) -> Result<Vec<OutboxMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let window = SWEEP_WINDOW.max(limit_value(limit).saturating_mul(10));
         let mut claimed = self.claim(Pick::Due { created_before, limit, window: Some(window) }, lease).await?;
         if claimed.len() < limit && self.full_sweeps.try_pass(now_millis()) {
@@ -370,14 +475,10 @@ impl SqlStore {
                 Err(error) => return Err(error),
             }
         }
-        #[cfg(feature = "postgres")]
-        if let Some(held) = &self.held {
-            held.set_idle(claimed.is_empty());
-        }
         Ok(claimed)
     }
 
-    async fn claim(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<OutboxMessage>> {
+    pub(crate) async fn claim(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<OutboxMessage>> {
         let now = now_millis();
         #[cfg(feature = "postgres")]
         let held_rows = match &self.held {
@@ -403,7 +504,7 @@ impl SqlStore {
     fn worth_holding(held: &HeldClaims, pick: Pick<'_>) -> bool {
         match pick {
             Pick::Ids(ids) => ids.len() >= HOLD_FROM_IDS,
-            Pick::Due { .. } => !held.idle(),
+            Pick::Heads { .. } | Pick::Due { .. } => !held.idle(),
         }
     }
 
@@ -692,9 +793,14 @@ impl OutboxStore for SqlStore {
     }
 
     async fn claim_ids(&self, ids: &[MessageId], lease: &Lease) -> Result<Vec<OutboxMessage>> {
+        // Renews the hold on partitions when due; the claim checks it in SQL.
+        let _ = self.held_partitions().await;
         let mut claimed = Vec::new();
         for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
             claimed.extend(self.claim(Pick::Ids(chunk), lease).await?);
+        }
+        if let Some(own) = &self.ownership {
+            own.claimed(&claimed, now_millis().saturating_add(duration_millis(lease.ttl)));
         }
         Ok(claimed)
     }
@@ -706,12 +812,14 @@ impl OutboxStore for SqlStore {
         let mut retryable = Vec::new();
         for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
             let mut q = Query::new(self.dialect);
-            q.push("SELECT id FROM ")
+            q.push("SELECT c.id FROM ")
                 .push(&self.table)
-                .push(" WHERE status = 0 AND (claimed_until IS NULL OR claimed_until <= ")
+                .push(" c WHERE c.status = 0 AND (c.claimed_until IS NULL OR c.claimed_until <= ")
                 .bind(now)
                 .push(") AND ")
-                .uuid_in("id", chunk.iter().map(|id| id.0));
+                .uuid_in("c.id", chunk.iter().map(|id| id.0));
+            // Rows of partitions another relay holds are that relay's to publish.
+            self.push_held_partition(&mut q, now);
             for row in self.fetch(&self.db, q).await? {
                 retryable.push(MessageId(row.try_get_by_index::<Uuid>(0).map_err(|e| self.db_err(e))?));
             }
@@ -728,6 +836,9 @@ impl OutboxStore for SqlStore {
     }
 
     async fn complete(&self, ids: &[MessageId], lease: &Lease) -> Result<u64> {
+        if let Some(own) = &self.ownership {
+            own.settled(ids.iter().copied());
+        }
         let now = now_millis();
         let mut done = 0;
         #[cfg(feature = "postgres")]
@@ -754,6 +865,9 @@ impl OutboxStore for SqlStore {
     }
 
     async fn fail(&self, failures: &[Failure], lease: &Lease) -> Result<()> {
+        if let Some(own) = &self.ownership {
+            own.settled(failures.iter().map(|f| f.id));
+        }
         let now = now_millis();
         #[cfg(feature = "postgres")]
         let rest: Vec<Failure> = match &self.held {
@@ -796,6 +910,22 @@ impl OutboxStore for SqlStore {
             dead: count("dead")?,
             oldest_pending_age: oldest.map(|c| age_since(now, c)),
         })
+    }
+
+    fn relay_started(&self) {
+        if let Some(own) = &self.ownership {
+            own.relay_started();
+        }
+    }
+
+    /// Hands the store's partitions over when its last relay stops.
+    async fn relay_stopped(&self) {
+        if let Some(own) = &self.ownership
+            && own.relay_stopped()
+            && let Err(error) = self.release_partitions().await
+        {
+            tracing::warn!(%error, "could not hand the partitions over; they move when their leases expire");
+        }
     }
 }
 
@@ -968,7 +1098,8 @@ mod explain_tests {
 
         store.db.execute_unprepared(&format!("DROP TABLE {}", store.table)).await.unwrap();
         for (name, plan) in plans {
-            assert!(!plan.contains("Seq Scan"), "{name} scans the whole table:\n{plan}");
+            // (The lease table is small enough that a scan of it is the cheapest plan.)
+            assert!(!plan.contains(&format!("Seq Scan on {table} ")), "{name} scans the whole table:\n{plan}");
             assert!(plan.contains("SKIP LOCKED") || plan.contains("LockRows"), "{name}:\n{plan}");
             if name.ends_with("claim_due") {
                 // Deleted rows not yet vacuumed lie below the oldest pending one.

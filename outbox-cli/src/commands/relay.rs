@@ -28,6 +28,7 @@ pub(crate) async fn run(common: &Common, s: RelaySettings) -> anyhow::Result<()>
     let (bus, broker_check) = match s.bus {
         BusKind::Nats => backends::nats_bus(&s).await?,
         BusKind::Redis => backends::redis_bus(&s).await?,
+        BusKind::Kafka => backends::kafka_bus(&s).await?,
     };
     let notifier: Arc<dyn Notifier> = match notifier_kind {
         NotifierKind::Postgres => Arc::new(outbox::sea_orm::PgNotifier::new(&db, common.table.clone())?),

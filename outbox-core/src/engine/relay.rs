@@ -68,6 +68,8 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let cancel = CancellationToken::new();
         let stats = Arc::new(RelayStats::default());
+        self.store.relay_started();
+        let store = self.store.clone();
         let pipeline = Arc::new(Pipeline {
             store: self.store,
             bus: self.bus,
@@ -91,7 +93,7 @@ impl Relay {
             fallback = self.config.fallback.is_some(),
             "outbox relay started"
         );
-        RelayHandle { cancel, engines, stats, health, sweep_now, shutdown_timeout: self.config.shutdown_timeout }
+        RelayHandle { cancel, engines, stats, health, sweep_now, shutdown_timeout: self.config.shutdown_timeout, store }
     }
 }
 
@@ -217,6 +219,8 @@ pub struct RelayHandle {
     health: Arc<EngineHealth>,
     sweep_now: Arc<Notify>,
     shutdown_timeout: Duration,
+    /// Told when the relay stops ([`OutboxStore::relay_stopped`]).
+    store: Arc<dyn OutboxStore>,
 }
 
 impl RelayHandle {
@@ -259,8 +263,10 @@ impl RelayHandle {
                 .await;
         if drained.is_err() {
             self.engines.shutdown().await;
+            self.store.relay_stopped().await;
             return Err(Error::ShutdownTimeout(self.shutdown_timeout));
         }
+        self.store.relay_stopped().await;
         self.health.first_stopped()?;
         tracing::info!("outbox relay stopped");
         Ok(())

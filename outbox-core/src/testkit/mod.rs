@@ -8,7 +8,10 @@
 //! Cases wait on conditions with a deadline ([`eventually`]); none asserts on elapsed time.
 
 pub mod bus;
+mod killable;
 pub mod store;
+
+pub use killable::Killable;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,236 @@
+//! Key partitions: relays share them out, claim keyed messages only from their own, keep
+//! per-key order while partitions move (a relay joins, shuts down, dies), and a table from
+//! before partitions is upgraded in place.
+#![cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::testkit::Killable;
+use outbox_core::{
+    FallbackConfig, Lease, MemoryBus, MessageId, NewMessage, OutboxMessage, OutboxStore, Relay, RelayHandle,
+};
+use outbox_sea_orm::schema::partition_of;
+use outbox_sea_orm::{SqlStore, migrate};
+use sea_orm::{ConnectionTrait, Statement};
+use uuid::Uuid;
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// Polls `done` every 20 ms until it holds or `timeout` passes.
+async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mut done: impl FnMut() -> F) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done().await
+}
+
+/// Another relay's store on the same table, with a short partition lease.
+fn peer(store: &SqlStore) -> SqlStore {
+    SqlStore::new(store.connection().clone(), store.config().clone().partition_lease_ttl(TTL)).unwrap()
+}
+
+async fn query(store: &SqlStore, sql: String) -> Vec<sea_orm::QueryResult> {
+    let db = store.connection();
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap()
+}
+
+fn quoted(store: &SqlStore, name: &str) -> String {
+    if store.backend() == "mysql" { format!("`{name}`") } else { format!("\"{name}\"") }
+}
+
+/// Partition → live owner.
+async fn owners(store: &SqlStore) -> HashMap<i32, Uuid> {
+    let t = quoted(store, &format!("{}_partitions", store.config().table));
+    let now = outbox_core::message::now_millis();
+    let rows = query(store, format!("SELECT partition_no, owner FROM {t} WHERE lease_until > {now}")).await;
+    rows.iter()
+        .filter_map(|r| {
+            let p = r.try_get_by_index::<i32>(0).unwrap();
+            r.try_get_by_index::<Option<Uuid>>(1).unwrap().map(|o| (p, o))
+        })
+        .collect()
+}
+
+fn held(owners: &HashMap<i32, Uuid>, store: &SqlStore) -> usize {
+    let me = store.partition_owner().unwrap();
+    owners.values().filter(|o| **o == me).count()
+}
+
+fn keyed(i: usize, keys: usize) -> NewMessage {
+    NewMessage::new("parts", i.to_string()).key(format!("key-{}", i % keys))
+}
+
+/// Two stores split the partitions between them; each claims only keyed messages of its
+/// own partitions, and messages without a key go to either.
+async fn relays_split_the_partitions_and_claim_only_their_own(store: SqlStore) {
+    let (a, b) = (peer(&store), peer(&store));
+    let lease = Lease::new(Duration::from_secs(30));
+    let split = wait_until(Duration::from_secs(20), || async {
+        // A claim renews the hold (this one finds nothing).
+        let _ = a.claim_ids(&[MessageId::new()], &lease).await.unwrap();
+        let _ = b.claim_ids(&[MessageId::new()], &lease).await.unwrap();
+        let o = owners(&store).await;
+        held(&o, &a) == 128 && held(&o, &b) == 128
+    })
+    .await;
+    assert!(split, "two relays hold 128 partitions each: {:?}", owners(&store).await.len());
+
+    let messages: Vec<NewMessage> = (0..400).map(|i| keyed(i, 200)).chain([NewMessage::new("parts", "free")]).collect();
+    store.enqueue(messages).await.unwrap();
+    let o = owners(&store).await;
+    let (la, lb) = (Lease::new(Duration::from_secs(30)), Lease::new(Duration::from_secs(30)));
+    let got_a = a.claim_due(1000, Duration::ZERO, &la).await.unwrap();
+    let got_b = b.claim_due(1000, Duration::ZERO, &lb).await.unwrap();
+    for (got, who) in [(&got_a, &a), (&got_b, &b)] {
+        for m in got.iter().filter(|m| m.key.is_some()) {
+            let p = partition_of(m.key.as_deref().unwrap(), 256);
+            assert_eq!(o.get(&p), who.partition_owner().as_ref(), "{} claimed from a partition it does not hold", m.id);
+        }
+    }
+    // Every key's head, once; the keyless message to one of them.
+    let keys: HashSet<_> = got_a.iter().chain(&got_b).filter_map(|m| m.key.clone()).collect();
+    assert_eq!(keys.len(), 200, "each store claimed the heads of its keys");
+    assert_eq!(got_a.len() + got_b.len(), 201);
+}
+
+fn relay(store: Arc<Killable<SqlStore>>, bus: Arc<MemoryBus>) -> RelayHandle {
+    let fallback =
+        FallbackConfig::default().min_age(Duration::ZERO).interval(Duration::from_millis(20)).batch_size(100);
+    Relay::builder(store, bus)
+        .without_listener()
+        .fallback(fallback)
+        .claim_ttl(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .spawn()
+}
+
+/// Per key, the messages' first publishes follow enqueue order; returns the duplicates.
+fn check_key_order(published: &[OutboxMessage], keys: usize, n: usize) -> usize {
+    let mut seen = HashSet::new();
+    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut duplicates = 0;
+    for m in published {
+        let i: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        if !seen.insert(i) {
+            duplicates += 1;
+            continue;
+        }
+        let key = m.key.clone().unwrap();
+        let expected = next.entry(key.clone()).or_insert(i % keys);
+        assert_eq!(i, *expected, "{key}: message {i} published before message {expected}");
+        *expected += keys;
+    }
+    assert_eq!(seen.len(), n, "every message published");
+    duplicates
+}
+
+/// Four relays drain a keyed backlog while partitions move: one shuts down, one dies, one
+/// joins. Every message is published, each key's in order.
+async fn per_key_order_holds_while_partitions_move(store: SqlStore) {
+    let (n, keys) = (3_000, 60);
+    let bus = Arc::new(MemoryBus::with_hook(|_| {
+        // Slow enough that the moves happen mid-drain.
+        std::thread::sleep(Duration::from_micros(300));
+        None
+    }));
+    let stores: Vec<Arc<Killable<SqlStore>>> = (0..4).map(|_| Arc::new(Killable::new(peer(&store)))).collect();
+    let mut relays: Vec<Option<RelayHandle>> = stores.iter().map(|s| Some(relay(s.clone(), bus.clone()))).collect();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        store.enqueue(chunk.iter().map(|&i| keyed(i, keys)).collect()).await.unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(30), || async { bus.len() >= n / 5 }).await, "the drain started");
+    relays[0].take().unwrap().shutdown().await.unwrap();
+    stores[1].kill();
+    let joined = Arc::new(Killable::new(peer(&store)));
+    relays.push(Some(relay(joined.clone(), bus.clone())));
+    // The leaver's and the dead relay's partitions move to the others, some to the newcomer.
+    let moved = wait_until(Duration::from_secs(20), || async {
+        let o = owners(&store).await;
+        held(&o, stores[0].inner()) == 0 && held(&o, stores[1].inner()) == 0 && held(&o, joined.inner()) > 0
+    })
+    .await;
+    assert!(moved, "partitions moved: {:?}", owners(&store).await.len());
+
+    let drained =
+        wait_until(Duration::from_secs(60), || async { store.stats().await.is_ok_and(|s| s.pending == 0) }).await;
+    assert!(drained, "the backlog drained: {:?}", store.stats().await);
+    for r in relays.into_iter().flatten() {
+        let _ = r.shutdown().await;
+    }
+    let duplicates = check_key_order(&bus.messages(), keys, n);
+    // Only the dead relay's unsettled claims can be published twice.
+    assert!(duplicates <= 200, "{duplicates} duplicates");
+}
+
+/// A table made before key partitions (no `partition_no`, no lease tables) with pending keyed
+/// rows: the migration adds the column and tables, gives each row its key's partition, and a
+/// relay then drains it in key order.
+async fn migration_upgrades_a_table_from_before_partitions(store: SqlStore) {
+    let table = store.config().table.clone();
+    let t = quoted(&store, &table);
+    let db = store.connection();
+    for ddl in [
+        format!("DROP TABLE {}", quoted(&store, &format!("{table}_partitions"))),
+        format!("DROP TABLE {}", quoted(&store, &format!("{table}_relays"))),
+        if store.backend() == "mysql" {
+            format!("DROP INDEX `{table}_part_idx` ON {t}")
+        } else {
+            format!("DROP INDEX {}", quoted(&store, &format!("{table}_part_idx")))
+        },
+        format!("ALTER TABLE {t} DROP COLUMN partition_no"),
+    ] {
+        db.execute_unprepared(&ddl).await.unwrap();
+    }
+    // Rows as the old enqueue wrote them.
+    let (n, keys) = (300, 7);
+    let uuid = |id: Uuid| match store.backend() {
+        "postgres" => format!("'{id}'"),
+        "mysql" => format!("X'{}'", id.simple()),
+        _ => format!("X'{}'", id.simple()),
+    };
+    let payload = |i: usize| match store.backend() {
+        "postgres" => format!("convert_to('{i}', 'UTF8')"),
+        _ => format!("X'{}'", i.to_string().bytes().map(|b| format!("{b:02x}")).collect::<String>()),
+    };
+    let rows: Vec<String> = (0..n)
+        .map(|i| format!("({}, 'parts', 'key-{}', {}, '{{}}', 0, 0, 0, 0)", uuid(Uuid::now_v7()), i % keys, payload(i)))
+        .collect();
+    db.execute_unprepared(&format!(
+        "INSERT INTO {t} (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .unwrap();
+
+    migrate(db, store.config()).await.unwrap();
+    migrate(db, store.config()).await.expect("the upgrade is idempotent");
+    let found = query(&store, format!("SELECT msg_key, partition_no FROM {t}")).await;
+    assert_eq!(found.len(), n);
+    for r in &found {
+        let key: String = r.try_get_by_index(0).unwrap();
+        let partition: Option<i32> = r.try_get_by_index(1).unwrap();
+        assert_eq!(partition, Some(partition_of(&key, 256)), "{key}");
+    }
+
+    let upgraded = Arc::new(Killable::new(peer(&store)));
+    let bus = Arc::new(MemoryBus::new());
+    let r = relay(upgraded, bus.clone());
+    assert!(wait_until(Duration::from_secs(30), || async { bus.len() >= n }).await, "drained: {}", bus.len());
+    r.shutdown().await.unwrap();
+    assert_eq!(check_key_order(&bus.messages(), keys, n), 0);
+}
+
+per_backend!(
+    relays_split_the_partitions_and_claim_only_their_own,
+    per_key_order_holds_while_partitions_move,
+    migration_upgrades_a_table_from_before_partitions,
+);
