@@ -3,7 +3,6 @@
 mod config;
 #[cfg(feature = "sqlite")]
 mod connect;
-mod decode;
 mod enqueue;
 pub mod error;
 #[cfg(feature = "postgres")]

@@ -20,7 +20,7 @@ use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, AssertSqlSafe, PgConnection, PgPool, Postgres};
 use sea_query_sqlx::SqlxValues;
 
-use super::Slot;
+use super::share::Slot;
 use crate::sql::Query;
 
 /// How long a connection waits between held claims before it goes back to the pool.

@@ -14,8 +14,10 @@ use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{Lease, OutboxMessage, Result, UnixMillis};
 
 use crate::SqlStore;
-use crate::sql::{Dialect, Query};
-use crate::store::Pick;
+#[cfg(feature = "postgres")]
+use crate::sql::Dialect;
+use crate::sql::Query;
+use crate::store::pick::Pick;
 
 /// Partitions per candidate statement on MySQL and SQLite (one `UNION ALL` arm each;
 /// SQLite allows 500).

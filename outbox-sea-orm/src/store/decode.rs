@@ -8,8 +8,8 @@ use sea_orm::sqlx::{Column as _, Postgres, Row as _, postgres::PgRow, postgres::
 use sea_orm::{DbErr, QueryResult};
 use uuid::Uuid;
 
+use super::SqlStore;
 use crate::sql::Dialect;
-use crate::store::SqlStore;
 
 /// A decoded outbox row.
 pub(crate) struct Row {
