@@ -1,10 +1,12 @@
 //! The dashboard in a real browser: headless Chromium driven through chromedriver (WebDriver).
-//! The page's figures match the database, the live chart draws, a `<script>` payload does not
-//! run, and logging in and clicking Replay makes a dead letter pending again.
+//! The page's figures match the database, the live chart and the top keys follow it without a
+//! reload, nothing loads from another origin, a `<script>` payload does not run, Purge asks
+//! before deleting, and logging in and clicking Replay makes a dead letter pending again.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); without them the
 //! test is skipped, or fails under `OUTBOX_TEST_STRICT=1`. With `OUTBOX_DASHBOARD_SCREENSHOTS`
-//! set to a folder, the screenshots for `docs/cli.md` are written there.
+//! set to a folder (absolute: the test runs in `outbox-cli/`), the screenshots for
+//! `docs/cli.md` are written there.
 
 mod common;
 mod dashboard_support;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use common::{Db, wait_until};
 use dashboard_support::{Served, client, counts, dead_letter};
 use fantoccini::{Client, ClientBuilder, Locator};
-use outbox::OutboxStore;
+use outbox::{NewMessage, OutboxStore};
 use serde_json::json;
 
 const TOKEN: &str = "browser-test-token";
@@ -90,6 +92,13 @@ async fn text(c: &Client, css: &str) -> String {
 
 async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
     c.find(Locator::Css(css)).await.ok()?.attr(name).await.ok()?
+}
+
+/// The keys table's rows as (key, pending), from the DOM (WebDriver's text leaves out rows below
+/// the fold).
+async fn key_rows(c: &Client) -> Vec<(String, String)> {
+    let js = "return [...document.querySelectorAll('#keys tbody tr')].map(r => [r.cells[0].textContent, r.cells[1].textContent])";
+    serde_json::from_value(c.execute(js, vec![]).await.unwrap()).unwrap()
 }
 
 /// Saves a screenshot for the docs when asked to.
@@ -174,12 +183,30 @@ async fn dashboard_in_chromium_shows_the_outbox_and_replays_a_dead_letter() {
     assert!(text(&c, "#keys").await.contains("key-0"), "top keys listed");
     screenshot(&c, "dashboard-overview.png").await;
 
+    // Everything the page loaded (script, stylesheet, API polls) came from the dashboard.
+    let loaded = c.execute("return performance.getEntriesByType('resource').map(e => e.name)", vec![]).await.unwrap();
+    let loaded: Vec<String> = serde_json::from_value(loaded).unwrap();
+    assert!(loaded.iter().any(|u| u.ends_with("/assets/dashboard.js")), "{loaded:?}");
+    assert!(loaded.iter().all(|u| u.starts_with(&format!("{}/", served.base))), "only same-origin loads: {loaded:?}");
+
+    // The top keys follow the backlog without a reload.
+    let hot: Vec<_> = (0..20).map(|i| NewMessage::new("orders", format!("{{\"hot\":{i}}}")).key("hot-key")).collect();
+    db.store.enqueue(hot).await.unwrap();
+    let top = || async { key_rows(&c).await.first().cloned() };
+    let followed = wait_until(WAIT, || async { top().await == Some(("hot-key".into(), "20".into())) }).await;
+    assert!(followed, "the new busiest key tops the table: {:?}", key_rows(&c).await);
+
     // A `<script>` payload is shown as text and never runs.
     c.goto(&served.url(&format!("/dead/{xss}"))).await.unwrap();
     assert_eq!(text(&c, "#payload").await, "<script>document.title='pwned';window.pwned=1</script>");
     assert_eq!(text(&c, "#last-error").await, "<img src=x onerror=\"window.pwned=2\">");
     let ran = c.execute("return [document.title, window.pwned === undefined]", vec![]).await.unwrap();
     assert_eq!(ran, json!(["Dead letter · outbox", true]), "the payload did not run");
+    // Nor in the list, where the error shows too.
+    c.goto(&served.url("/dead?topic=mail")).await.unwrap();
+    assert!(text(&c, "#dead td.error").await.contains("<img src=x"));
+    let ran = c.execute("return [document.querySelectorAll('#dead img').length, window.pwned === undefined]", vec![]);
+    assert_eq!(ran.await.unwrap(), json!([0, true]), "the error is text, not an element");
 
     // One dead letter in full, its JSON payload pretty-printed.
     c.goto(&served.url(&format!("/dead/{billing}"))).await.unwrap();
@@ -210,6 +237,24 @@ async fn dashboard_in_chromium_shows_the_outbox_and_replays_a_dead_letter() {
     assert_eq!(counts(&db).await, (before.0 + 1, before.1 - 1), "the dead letter is pending again");
     let gone = client().get(served.url(&format!("/api/dead/{billing}"))).send().await.unwrap();
     assert_eq!(gone.status(), reqwest::StatusCode::NOT_FOUND, "no longer dead");
+    c.goto(&served.url("/")).await.unwrap();
+    assert_eq!(text(&c, "#stat-pending").await, db.pending().await.to_string(), "the overview counts it");
+    assert_eq!(text(&c, "#stat-dead").await, "2");
+
+    // Purge, even with every age, only asks; Cancel leaves the dead letters be.
+    c.goto(&served.url("/dead")).await.unwrap();
+    let age = c.find(Locator::Id("purge-older-than")).await.unwrap();
+    age.clear().await.unwrap();
+    age.send_keys("0s").await.unwrap();
+    c.find(Locator::Id("purge-button")).await.unwrap().click().await.unwrap();
+    let summary = c.wait().at_most(WAIT).for_element(Locator::Id("purge-summary")).await.expect("a confirmation");
+    assert!(summary.text().await.unwrap().contains("This deletes 2 dead letter(s)"));
+    assert_eq!(counts(&db).await.1, 2, "nothing deleted by the first click");
+    screenshot(&c, "dashboard-purge-confirm.png").await;
+    c.find(Locator::Id("purge-cancel")).await.unwrap().click().await.unwrap();
+    let back = wait_until(WAIT, || async { c.current_url().await.is_ok_and(|u| u.path() == "/dead") }).await;
+    assert!(back, "Cancel leads back to the list");
+    assert_eq!(c.find_all(Locator::Css("#dead tbody tr")).await.unwrap().len(), 2);
 
     c.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&profile);

@@ -210,13 +210,43 @@ pub(crate) struct PurgeQuery {
     pub(crate) older_than: Option<String>,
 }
 
-pub(crate) async fn do_purge(store: &Store, q: &PurgeQuery) -> Result<(u64, Duration), Failure> {
-    let text = q.older_than.as_deref().map(str::trim).unwrap_or_default();
-    if text.is_empty() {
-        return Err(Failure::new(StatusCode::BAD_REQUEST, "older_than is required, e.g. 7d (0s: every dead letter)"));
+impl PurgeQuery {
+    /// The age, which has no default: a purge always names it.
+    pub(crate) fn older_than(&self) -> Result<Duration, Failure> {
+        let text = self.older_than.as_deref().map(str::trim).unwrap_or_default();
+        if text.is_empty() {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "older_than is required, e.g. 7d (0s: every dead letter)",
+            ));
+        }
+        parse_duration(text).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))
     }
-    let older_than = parse_duration(text).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e))?;
+}
+
+pub(crate) async fn do_purge(store: &Store, q: &PurgeQuery) -> Result<(u64, Duration), Failure> {
+    let older_than = q.older_than()?;
     Ok((store.purge_dead(older_than).await?, older_than))
+}
+
+/// What a purge would delete, for the page that asks before purging.
+#[derive(Debug)]
+pub(crate) struct PurgePreview {
+    pub(crate) older_than: Duration,
+    /// Dead letters old enough among the first [`MAX_LIMIT`].
+    pub(crate) count: usize,
+    /// More dead letters exist than were looked at, so `count` is a lower bound.
+    pub(crate) at_least: bool,
+}
+
+pub(crate) async fn preview_purge(store: &Store, q: &PurgeQuery) -> Result<PurgePreview, Failure> {
+    let older_than = q.older_than()?;
+    // The store's purge takes the same cutoff from this process's clock.
+    let millis = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = outbox::message::now_millis().saturating_sub(millis);
+    let listed = store.dead_letters(&DeadLetterQuery { limit: MAX_LIMIT, ..Default::default() }).await?;
+    let count = listed.iter().filter(|d| d.dead_at <= cutoff).count();
+    Ok(PurgePreview { older_than, count, at_least: listed.len() == MAX_LIMIT })
 }
 
 pub(crate) async fn stats(State(d): State<Dashboard>) -> Result<Json<StatsView>, Failure> {

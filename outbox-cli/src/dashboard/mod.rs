@@ -66,6 +66,10 @@ impl Dashboard {
 
 /// Binds `addr` and serves `app` until the returned task is aborted.
 pub(crate) async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // Here rather than in each command, so `relay --dashboard-addr` warns too.
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the dashboard is reachable beyond this machine, over plain HTTP");
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve the dashboard on {addr}: {e}"))?;

@@ -124,7 +124,7 @@ pub(crate) struct PageQuery {
 
 pub(crate) async fn overview(State(d): State<Dashboard>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
     let viewer = Viewer::of(&d, &headers);
-    let (stats, keys) = match (api::load_stats(&d).await, api::load_keys(&d.store, 10).await) {
+    let (stats, keys) = match (api::load_stats(&d).await, api::load_keys(&d.store, OVERVIEW_KEYS).await) {
         (Ok(s), Ok(k)) => (s, k),
         (Err(f), _) | (_, Err(f)) => return error_page(&viewer, &f),
     };
@@ -151,19 +151,23 @@ pub(crate) async fn overview(State(d): State<Dashboard>, headers: HeaderMap, Que
         }
         section {
             h2 { "Top keys by backlog" }
-            (keys_table(&keys))
+            (keys_table(&keys, OVERVIEW_KEYS))
             p { a href="/keys" { "All keys by backlog →" } }
         }
     };
     layout(&viewer, "Overview", "/", q.notice.as_deref(), body).into_response()
 }
 
-fn keys_table(keys: &[api::KeyView]) -> Markup {
+/// Keys the overview lists.
+const OVERVIEW_KEYS: usize = 10;
+
+/// The keys by backlog; the script refreshes it from `/api/keys?limit=…` every 2 s, so the
+/// table and the empty note are both always there, one of them hidden.
+fn keys_table(keys: &[api::KeyView], limit: usize) -> Markup {
     html! {
-        @if keys.is_empty() {
-            p.empty { "No pending messages with a key." }
-        } @else {
-            table #keys {
+        div #keys-live data-limit=(limit) {
+            p #no-keys .empty hidden[!keys.is_empty()] { "No pending messages with a key." }
+            table #keys hidden[keys.is_empty()] {
                 thead { tr { th { "Key" } th.num { "Pending" } } }
                 tbody {
                     @for k in keys {
@@ -171,17 +175,19 @@ fn keys_table(keys: &[api::KeyView]) -> Markup {
                     }
                 }
             }
+            p.note { "Updated every 2 seconds." }
         }
     }
 }
 
 pub(crate) async fn keys(State(d): State<Dashboard>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
     let viewer = Viewer::of(&d, &headers);
-    match api::load_keys(&d.store, q.limit.unwrap_or(50)).await {
+    let limit = q.limit.unwrap_or(50).clamp(1, api::MAX_LIMIT);
+    match api::load_keys(&d.store, limit).await {
         Ok(keys) => {
             let body = html! {
                 p.note { "Keys with the most pending messages (a dead letter blocks its key until replayed or purged)." }
-                (keys_table(&keys))
+                (keys_table(&keys, limit))
             };
             layout(&viewer, "Keys by backlog", "/keys", q.notice.as_deref(), body).into_response()
         }
@@ -302,6 +308,8 @@ pub(crate) struct ActionForm {
     back_topic: Option<String>,
     topic: Option<String>,
     older_than: Option<String>,
+    /// `yes` on the purge confirmation page's button; without it a purge only asks.
+    confirm: Option<String>,
 }
 
 /// Back to the dead letters (of `topic`), saying what was done.
@@ -362,7 +370,15 @@ pub(crate) async fn purge(State(d): State<Dashboard>, headers: HeaderMap, Form(f
     if let Err(denied) = d.auth.authorize(&headers, f.csrf.as_deref()) {
         return error_page(&viewer, &denied.into());
     }
-    match api::do_purge(&d.store, &PurgeQuery { older_than: f.older_than.clone() }).await {
+    let q = PurgeQuery { older_than: f.older_than.clone() };
+    // The list's Purge button only asks: a stray click deletes nothing.
+    if f.confirm.as_deref() != Some("yes") {
+        return match api::preview_purge(&d.store, &q).await {
+            Ok(preview) => confirm_purge(&viewer, f.older_than.as_deref().unwrap_or_default(), &preview),
+            Err(failure) => error_page(&viewer, &failure),
+        };
+    }
+    match api::do_purge(&d.store, &q).await {
         Ok((n, older_than)) => {
             let older = humantime::format_duration(older_than).to_string();
             tracing::info!(purged = n, older_than = %older, "dashboard: purged dead letters");
@@ -370,6 +386,36 @@ pub(crate) async fn purge(State(d): State<Dashboard>, headers: HeaderMap, Form(f
         }
         Err(failure) => error_page(&viewer, &failure),
     }
+}
+
+/// Says what a purge would delete and asks again, with Cancel beside the button.
+fn confirm_purge(viewer: &Viewer, older_than: &str, p: &api::PurgePreview) -> Response {
+    let older = humantime::format_duration(p.older_than).to_string();
+    // Only the first MAX_LIMIT were looked at, in enqueue order, not by age.
+    let count = match (p.at_least, p.count) {
+        (false, n) => n.to_string(),
+        (true, 0) => "an unknown number of".to_owned(),
+        (true, n) => format!("at least {n}"),
+    };
+    let body = html! {
+        @if p.count == 0 && !p.at_least {
+            p #purge-summary .notice { "No dead letter died more than " (older) " ago: there is nothing to purge." }
+            p { a #purge-cancel href="/dead" { "← Dead letters" } }
+        } @else {
+            p #purge-summary .notice.warn {
+                "This deletes " (count) " dead letter(s) that died more than " (older) " ago, for good."
+            }
+            form method="post" action="/dead/purge" {
+                input type="hidden" name="csrf" value=(viewer.csrf().unwrap_or_default());
+                input type="hidden" name="older_than" value=(older_than);
+                input type="hidden" name="confirm" value="yes";
+                button #purge-confirm .danger type="submit" { "Delete " (count) " dead letter(s)" }
+                " "
+                a #purge-cancel href="/dead" { "Cancel" }
+            }
+        }
+    };
+    layout(viewer, "Purge dead letters?", "/dead", None, body).into_response()
 }
 
 pub(crate) async fn login_form(State(d): State<Dashboard>, headers: HeaderMap) -> Response {

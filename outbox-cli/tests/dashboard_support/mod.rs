@@ -6,7 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox::{Disposition, Failure, Lease, MessageId, NewMessage, OutboxStore};
+use outbox::sea_orm::{SqlStore, SqlStoreConfig, connect_sqlite, migrate};
+use outbox::testkit::{test_url, unique_suffix, unreachable_server};
+use outbox::{Disposition, Failure, Lease, MessageId, NewMessage, OutboxStore, Retention};
+use sea_orm::ConnectionTrait;
 
 use crate::common::{BIN, Db};
 
@@ -27,6 +30,14 @@ impl Served {
 
     /// `outbox <args>` with `env`; waits until it says where the dashboard listens.
     pub async fn start(env: &[(&str, String)], args: &[&str]) -> Self {
+        match Self::try_start(env, args).await {
+            Ok(served) => served,
+            Err(log) => panic!("outbox exited during start-up:\n{log}"),
+        }
+    }
+
+    /// Like [`Served::start`], but an exit during start-up is `Err(its log)`.
+    pub async fn try_start(env: &[(&str, String)], args: &[&str]) -> Result<Self, String> {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env_remove("DATABASE_URL")
@@ -45,7 +56,7 @@ impl Served {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut l = sink.lock().unwrap();
@@ -58,11 +69,15 @@ impl Served {
             if let Some(base) = listening(&log.lock().unwrap()) {
                 break base;
             }
-            assert!(matches!(child.try_wait(), Ok(None)), "outbox exited during start-up:\n{}", log.lock().unwrap());
+            if !matches!(child.try_wait(), Ok(None)) {
+                // Its stderr is closed: the reader ends once it has every line.
+                let _ = reader.join();
+                return Err(log.lock().unwrap().clone());
+            }
             assert!(tokio::time::Instant::now() < deadline, "dashboard not listening within 30 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        Self { child, base, log }
+        Ok(Self { child, base, log })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,4 +131,83 @@ pub async fn counts(db: &Db) -> (u64, u64) {
 pub fn csrf_in(html: &str) -> Option<String> {
     let rest = html.split("name=\"csrf\" value=\"").nth(1)?;
     Some(rest.split('"').next()?.to_owned())
+}
+
+/// Enqueues a message and publishes it as a relay would; the row stays, marked published, when
+/// the store keeps published rows.
+pub async fn published(db: &Db, topic: &str) -> MessageId {
+    let m = NewMessage::new(topic, "{}");
+    let id = m.id;
+    db.store.enqueue(vec![m]).await.expect("enqueue");
+    let lease = Lease::new(Duration::from_secs(30));
+    assert_eq!(db.store.claim_ids(&[id], &lease).await.expect("claim").len(), 1);
+    assert_eq!(db.store.complete(&[id], &lease).await.expect("complete"), 1);
+    id
+}
+
+/// A port nobody listens on now (for servers that do not log the one they took).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The SQL backends the CLI supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// An outbox table of its own on `backend`, keeping published rows so the standalone
+/// dashboard's chart has rows to count. `None` (skip) when the server is unreachable outside
+/// strict mode; SQLite is a temporary file.
+pub async fn db_on(backend: Backend) -> Option<Db> {
+    let suffix = unique_suffix();
+    let (url, db) = match backend {
+        Backend::Postgres | Backend::MySql => {
+            let (var, default) = match backend {
+                Backend::Postgres => ("OUTBOX_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+                _ => ("OUTBOX_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+            };
+            let url = test_url(var, default);
+            match sea_orm::Database::connect(&url).await {
+                Ok(db) => (url, db),
+                Err(e) => return unreachable_server(var, &url, e),
+            }
+        }
+        Backend::Sqlite => {
+            let path = std::env::temp_dir().join(format!("outbox-dashboard-{suffix}.db"));
+            let db = connect_sqlite(&path).await.expect("open SQLite");
+            (format!("sqlite://{}", path.display()), db)
+        }
+    };
+    let table = format!("dash_{suffix}");
+    let config = SqlStoreConfig::default().table(table.clone()).retention(Retention::KeepPublished);
+    migrate(&db, &config).await.expect("migrate");
+    let store = SqlStore::new(db, config).expect("store");
+    Some(Db { url, table, store })
+}
+
+/// Drops what [`db_on`] made: its tables, or the SQLite file.
+pub async fn drop_db(db: &Db, backend: Backend) {
+    if backend == Backend::Sqlite {
+        let path = db.url.trim_start_matches("sqlite://");
+        for end in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{end}"));
+        }
+        return;
+    }
+    let quote = |t: &str| if backend == Backend::MySql { format!("`{t}`") } else { format!("\"{t}\"") };
+    for t in [db.table.clone(), format!("{}_partitions", db.table), format!("{}_relays", db.table)] {
+        let _ = db.store.connection().execute_unprepared(&format!("DROP TABLE IF EXISTS {}", quote(&t))).await;
+    }
+}
+
+/// Logs in with `token`; returns the session cookie (`name=value`) and its CSRF token.
+pub async fn login(http: &reqwest::Client, served: &Served, token: &str) -> (String, String) {
+    let r = http.post(served.url("/login")).form(&[("token", token)]).send().await.expect("log in");
+    assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER, "logged in");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = http.get(served.url("/dead")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    (cookie, csrf_in(&page).expect("a CSRF token in the forms"))
 }

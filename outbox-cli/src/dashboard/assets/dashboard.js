@@ -1,5 +1,5 @@
-// The overview's live figures and charts: polls /api/stats and /api/series (same origin, no
-// third-party code), and draws the series as SVG.
+// The overview's live figures, charts and keys: polls /api/stats, /api/series and /api/keys
+// (same origin, no third-party code), and draws the series as SVG.
 "use strict";
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
@@ -73,14 +73,40 @@
     if (o) o.textContent = age(s.oldest_pending_age_seconds);
   }
 
+  // Rebuilt with textContent only: a key is data, never markup.
+  async function refreshKeys() {
+    const box = document.getElementById("keys-live");
+    const keys = await getJson("/api/keys?limit=" + encodeURIComponent(box.getAttribute("data-limit")));
+    const rows = keys.map(function (k) {
+      const key = document.createElement("td");
+      key.appendChild(document.createElement("code")).textContent = k.key;
+      const n = document.createElement("td");
+      n.className = "num";
+      n.textContent = String(k.pending);
+      const tr = document.createElement("tr");
+      tr.append(key, n);
+      return tr;
+    });
+    box.querySelector("#keys tbody").replaceChildren(...rows);
+    box.querySelector("#keys").hidden = rows.length === 0;
+    document.getElementById("no-keys").hidden = rows.length !== 0;
+  }
+
   function every(ms, f) {
-    const run = function () { f().catch(function () { document.body.classList.add("stale"); }).then(function () { setTimeout(run, ms); }); };
+    const run = function () {
+      f()
+        .then(function () { document.body.classList.remove("stale"); })
+        .catch(function () { document.body.classList.add("stale"); })
+        .then(function () { setTimeout(run, ms); });
+    };
     run();
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    if (!document.getElementById("chart")) return;
-    every(1000, refreshSeries);
-    every(2000, refreshStats);
+    if (document.getElementById("chart")) {
+      every(1000, refreshSeries);
+      every(2000, refreshStats);
+    }
+    if (document.getElementById("keys-live")) every(2000, refreshKeys);
   });
 })();
