@@ -6,6 +6,10 @@
 //! A retryable failure leaves the entry pending; it is claimed again after
 //! [`ConsumerConfig::ack_wait`] (Redis has no delayed NAK, so that is the retry delay).
 //!
+//! On a Redis Cluster (feature `cluster`, `RedisStreamsConsumer::cluster`) the stream and
+//! the dead-letter stream may live in different slots; see [`RedisStreamsConsumer::new`] for
+//! what that changes when an entry is dead-lettered.
+//!
 //! ```no_run
 //! # async fn run() -> outbox_core::Result<()> {
 //! use outbox_core::consumer::{Delivery, Processed, handler_fn};
@@ -31,11 +35,12 @@ use outbox_core::consumer::{
     ConsumerConfig, ConsumerCounters, Counted, Delivery, Handler, Processed, Shutdown, delivery_span, guarded_handle,
 };
 use outbox_core::{Error, Result};
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::bus::PAYLOAD_FIELD;
+use crate::conn::Conn;
 
 /// Field of a dead letter: the last error.
 pub const FIELD_ERROR: &str = "Outbox-Error";
@@ -47,7 +52,7 @@ pub const FIELD_DELIVERIES: &str = "Outbox-Deliveries";
 /// A Redis Streams consumer group runner, not yet running; [`spawn`](Self::spawn) starts it.
 #[derive(Clone)]
 pub struct RedisStreamsConsumer {
-    conn: ConnectionManager,
+    conn: Conn,
     stream: String,
     group: String,
     consumer: String,
@@ -68,6 +73,15 @@ impl std::fmt::Debug for RedisStreamsConsumer {
 impl RedisStreamsConsumer {
     /// Consumer `consumer` of group `group` on `stream`, dead-lettering to
     /// `dead_letter_stream`. The group is created at the stream's start if missing.
+    ///
+    /// A dead letter is added and the entry acknowledged in one `MULTI`/`EXEC`, so a crash
+    /// leaves neither or both: always on one server, and on a cluster when both streams hash
+    /// to one slot (a shared hash tag: `{orders}` and `dead:{orders}`). On a cluster with
+    /// streams in different slots, a transaction cannot span them: the dead letter is added
+    /// first, then the entry acknowledged. A crash (or a failed `XACK`) between the two
+    /// leaves the entry pending, so after `ack_wait` it is delivered again and, if it fails
+    /// again, dead-lettered again: a duplicate dead letter with the same
+    /// [`FIELD_ORIGINAL_ID`].
     pub fn new(
         conn: ConnectionManager,
         stream: impl Into<String>,
@@ -75,14 +89,24 @@ impl RedisStreamsConsumer {
         consumer: impl Into<String>,
         dead_letter_stream: impl Into<String>,
     ) -> Self {
-        Self {
-            conn,
-            stream: stream.into(),
-            group: group.into(),
-            consumer: consumer.into(),
-            dead_letter_stream: dead_letter_stream.into(),
-            config: ConsumerConfig::default(),
-        }
+        Self::on(Conn::Single(conn), stream.into(), group.into(), consumer.into(), dead_letter_stream.into())
+    }
+
+    /// The same consumer on a Redis Cluster; the two streams may be in any slots (see
+    /// [`new`](Self::new) for how a dead letter moves between two slots).
+    #[cfg(feature = "cluster")]
+    pub fn cluster(
+        conn: redis::cluster_async::ClusterConnection,
+        stream: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<String>,
+        dead_letter_stream: impl Into<String>,
+    ) -> Self {
+        Self::on(Conn::Cluster(conn), stream.into(), group.into(), consumer.into(), dead_letter_stream.into())
+    }
+
+    fn on(conn: Conn, stream: String, group: String, consumer: String, dead_letter_stream: String) -> Self {
+        Self { conn, stream, group, consumer, dead_letter_stream, config: ConsumerConfig::default() }
     }
 
     /// Sets the runner settings (default [`ConsumerConfig::default`]; `per_key` and
@@ -112,6 +136,49 @@ impl RedisStreamsConsumer {
         Ok(ConsumerHandle::spawn("redis", move |shutdown, counters| {
             Runner { spec, handler: Arc::new(handler), counters }.run(shutdown)
         }))
+    }
+
+    /// Whether one `MULTI` can hold the dead letter's `XADD` and the `XACK`: not across two
+    /// cluster slots (`CROSSSLOT`).
+    fn dead_letter_is_atomic(&self) -> bool {
+        match &self.conn {
+            Conn::Single(_) => true,
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(_) => crate::cluster::slot(&self.stream) == crate::cluster::slot(&self.dead_letter_stream),
+        }
+    }
+}
+
+/// The runner's commands go through the single-node or cluster connection alike; the cluster
+/// one routes each command (and a one-slot pipeline) to the slot's master.
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -151,7 +218,7 @@ impl<H: Handler> Runner<H> {
     }
 
     /// Entries left pending too long (with their delivery counts), else new ones.
-    async fn read(&self, conn: &mut ConnectionManager) -> redis::RedisResult<Vec<(StreamId, u64)>> {
+    async fn read(&self, conn: &mut Conn) -> redis::RedisResult<Vec<(StreamId, u64)>> {
         let spec = &self.spec;
         let idle = u64::try_from(spec.config.ack_wait.as_millis()).unwrap_or(u64::MAX);
         let options = StreamAutoClaimOptions::default().count(spec.config.batch);
@@ -212,18 +279,37 @@ impl<H: Handler> Runner<H> {
                 fields.push((FIELD_ERROR.to_owned(), e.to_string().into_bytes()));
                 fields.push((FIELD_ORIGINAL_ID.to_owned(), entry.id.clone().into_bytes()));
                 fields.push((FIELD_DELIVERIES.to_owned(), delivered.to_string().into_bytes()));
-                // The dead letter and the ack go together, so a crash leaves neither or both.
-                let moved: redis::RedisResult<()> = redis::pipe()
-                    .atomic()
-                    .xadd(&spec.dead_letter_stream, "*", &fields)
-                    .ignore()
-                    .xack(&spec.stream, &spec.group, &[&entry.id])
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = moved {
-                    tracing::warn!(error = %e, "dead-lettering failed; the entry is claimed again after ack_wait");
-                    return;
+                if spec.dead_letter_is_atomic() {
+                    // The dead letter and the ack go together, so a crash leaves neither or both.
+                    let moved: redis::RedisResult<()> = redis::pipe()
+                        .atomic()
+                        .xadd(&spec.dead_letter_stream, "*", &fields)
+                        .ignore()
+                        .xack(&spec.stream, &spec.group, &[&entry.id])
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await;
+                    if let Err(e) = moved {
+                        tracing::warn!(error = %e, "dead-lettering failed; the entry is claimed again after ack_wait");
+                        return;
+                    }
+                } else {
+                    // Two slots: the letter first, so a failure in between duplicates it
+                    // rather than losing it.
+                    let added: redis::RedisResult<String> = conn.xadd(&spec.dead_letter_stream, "*", &fields).await;
+                    if let Err(e) = added {
+                        tracing::warn!(error = %e, "dead-lettering failed; the entry is claimed again after ack_wait");
+                        return;
+                    }
+                    let acked: redis::RedisResult<u64> = conn.xack(&spec.stream, &spec.group, &[&entry.id]).await;
+                    if let Err(e) = acked {
+                        tracing::warn!(
+                            error = %e,
+                            "dead letter added but XACK failed; the entry is claimed again after ack_wait and may be \
+                             dead-lettered twice"
+                        );
+                        return;
+                    }
                 }
                 self.counters.count(Counted::DeadLettered, label);
             }

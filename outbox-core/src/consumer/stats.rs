@@ -63,6 +63,11 @@ impl ConsumerCounters {
 
 /// The `outbox.consume` span of one delivery: `consumer`, `message_id`, `subject`, `attempt`
 /// and the producer's `traceparent` when the message has one.
+///
+/// With the `otel` feature, a valid W3C `traceparent` (and its `tracestate`, if any) also
+/// becomes the span's remote OpenTelemetry parent, so the consumer's span continues the
+/// producer's trace. An invalid one, or a subscriber without a `tracing-opentelemetry` layer,
+/// leaves the span where it is: a new trace, or a child of the current span.
 pub fn delivery_span(consumer: &str, delivery: &Delivery) -> tracing::Span {
     let span = tracing::info_span!(
         "outbox.consume",
@@ -74,8 +79,93 @@ pub fn delivery_span(consumer: &str, delivery: &Delivery) -> tracing::Span {
     );
     if let Some(tp) = delivery.traceparent() {
         span.record("traceparent", tp);
+        #[cfg(feature = "otel")]
+        otel::continue_trace(&span, tp, delivery.header(otel::HEADER_TRACESTATE));
     }
     span
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use std::str::FromStr;
+
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// The W3C header of vendor trace state that goes with `traceparent`.
+    pub(super) const HEADER_TRACESTATE: &str = "tracestate";
+
+    /// Makes the producer's span the remote parent of `span`; must run before `span` is
+    /// first entered, since the OpenTelemetry span starts then.
+    pub(super) fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
+        let Some(remote) = remote_span_context(traceparent, tracestate) else {
+            tracing::debug!(traceparent, "not a valid W3C traceparent; the delivery starts its own trace");
+            return;
+        };
+        // Errs only without an OpenTelemetry layer (or on a disabled span): nothing to link.
+        let _ = span.set_parent(opentelemetry::Context::current().with_remote_span_context(remote));
+    }
+
+    /// `traceparent` read with the rules of the SDK's `TraceContextPropagator` (not a
+    /// dependency here): `version-traceid-parentid-flags` in lowercase hex, version `ff`
+    /// refused, extra fields only after version `00`, ids not all zero, flags other than
+    /// `sampled` dropped.
+    pub(super) fn remote_span_context(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+        let parts: Vec<&str> = traceparent.trim().split('-').collect();
+        let lower_hex =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let [version, trace_id, span_id, flags, ..] = parts[..] else { return None };
+        let well_formed = lower_hex(version, 2)
+            && lower_hex(trace_id, 32)
+            && lower_hex(span_id, 16)
+            && lower_hex(flags, 2)
+            && version != "ff"
+            && (version != "00" || parts.len() == 4);
+        if !well_formed {
+            return None;
+        }
+        let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?) & TraceFlags::SAMPLED;
+        let state = tracestate.and_then(|s| TraceState::from_str(s).ok()).unwrap_or_default();
+        let cx =
+            SpanContext::new(TraceId::from_hex(trace_id).ok()?, SpanId::from_hex(span_id).ok()?, flags, true, state);
+        cx.is_valid().then_some(cx)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+        #[test]
+        fn a_w3c_traceparent_reads_as_a_sampled_remote_context() {
+            let cx = remote_span_context(TP, Some("vendor=abc")).unwrap();
+            assert_eq!(cx.trace_id(), TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
+            assert_eq!(cx.span_id(), SpanId::from_hex("00f067aa0ba902b7").unwrap());
+            assert!(cx.is_sampled() && cx.is_remote());
+            assert_eq!(cx.trace_state().get("vendor"), Some("abc"));
+            let unsampled = remote_span_context(&TP.replace("-01", "-00"), None).unwrap();
+            assert!(!unsampled.is_sampled());
+            assert!(remote_span_context(&format!("01{}-extra", &TP[2..]), None).is_some(), "a later version");
+        }
+
+        #[test]
+        fn a_malformed_traceparent_is_no_parent() {
+            for tp in [
+                "",
+                "00-x",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+                "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ] {
+                assert!(remote_span_context(tp, None).is_none(), "{tp}");
+            }
+        }
+    }
 }
 
 /// Runs `handler` in `span`; a panic becomes a retryable [`HandlerError`].
