@@ -19,9 +19,7 @@ pub(crate) async fn run(common: &Common, args: &DashboardArgs) -> anyhow::Result
     if token.is_none() {
         tracing::info!("no --token / OUTBOX_DASHBOARD_TOKEN: the dashboard is read-only");
     }
-    if !args.addr.ip().is_loopback() {
-        tracing::warn!(addr = %args.addr, "the dashboard is reachable beyond this machine, over plain HTTP");
-    }
+    // `dashboard::serve` warns about an address beyond loopback.
     let app = Dashboard::new(Arc::clone(&store), token, series.clone()).router();
     let server = dashboard::serve(args.addr, app).await?;
     tokio::select! {
