@@ -253,7 +253,7 @@ impl FileConfig {
 
         let retention = args.retention.or(f.retention).unwrap_or(RetentionArg::Delete);
         let claim_mode = args.claim_mode.or(f.claim_mode).unwrap_or(ClaimModeArg::Auto);
-        let store = crate::backends::store_config(
+        let mut store = crate::backends::store_config(
             common,
             match retention {
                 RetentionArg::Delete => Retention::Delete,
@@ -266,13 +266,10 @@ impl FileConfig {
             ClaimModeArg::Lease => ClaimMode::Lease,
             ClaimModeArg::Transaction => ClaimMode::Transaction,
         });
-        let partitions = args.key_partitions.or(f.key_partitions).unwrap_or(store.key_partitions);
-        let store = store.key_partitions(partitions);
-        let lease_ttl = duration(args.partition_lease_ttl, f.partition_lease_ttl.as_deref(), "partition_lease_ttl")?;
-        let store = match lease_ttl {
-            Some(ttl) => store.partition_lease_ttl(ttl),
-            None => store,
-        };
+        store.key_partitions = args.key_partitions.or(f.key_partitions).unwrap_or(store.key_partitions);
+        store.partition_lease_ttl =
+            duration(args.partition_lease_ttl, f.partition_lease_ttl.as_deref(), "partition_lease_ttl")?
+                .unwrap_or(store.partition_lease_ttl);
         store.validate().map_err(explain)?;
 
         let relay = self.relay_config(args)?;

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::testkit::Killable;
+use outbox_core::testkit::{Killable, eventually};
 use outbox_core::{
     FallbackConfig, Lease, MemoryBus, MessageId, NewMessage, OutboxMessage, OutboxStore, Relay, RelayHandle,
 };
@@ -19,18 +19,6 @@ use sea_orm::{ConnectionTrait, Statement};
 use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(1);
-
-/// Polls `done` every 20 ms until it holds or `timeout` passes.
-async fn wait_until<F: std::future::Future<Output = bool>>(timeout: Duration, mut done: impl FnMut() -> F) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    done().await
-}
 
 /// Another relay's store on the same table, with a short partition lease.
 fn peer(store: &SqlStore) -> SqlStore {
@@ -73,15 +61,14 @@ fn keyed(i: usize, keys: usize) -> NewMessage {
 async fn relays_split_the_partitions_and_claim_only_their_own(store: SqlStore) {
     let (a, b) = (peer(&store), peer(&store));
     let lease = Lease::new(Duration::from_secs(30));
-    let split = wait_until(Duration::from_secs(20), || async {
+    eventually("two relays to hold 128 partitions each", Duration::from_secs(20), || async {
         // A claim renews the hold (this one finds nothing).
         let _ = a.claim_ids(&[MessageId::new()], &lease).await.unwrap();
         let _ = b.claim_ids(&[MessageId::new()], &lease).await.unwrap();
         let o = owners(&store).await;
-        held(&o, &a) == 128 && held(&o, &b) == 128
+        (held(&o, &a) == 128 && held(&o, &b) == 128).then_some(())
     })
     .await;
-    assert!(split, "two relays hold 128 partitions each: {:?}", owners(&store).await.len());
 
     let messages: Vec<NewMessage> = (0..400).map(|i| keyed(i, 200)).chain([NewMessage::new("parts", "free")]).collect();
     store.enqueue(messages).await.unwrap();
@@ -147,22 +134,21 @@ async fn per_key_order_holds_while_partitions_move(store: SqlStore) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         store.enqueue(chunk.iter().map(|&i| keyed(i, keys)).collect()).await.unwrap();
     }
-    assert!(wait_until(Duration::from_secs(30), || async { bus.len() >= n / 5 }).await, "the drain started");
+    eventually("the drain to start", Duration::from_secs(30), || async { (bus.len() >= n / 5).then_some(()) }).await;
     relays[0].take().unwrap().shutdown().await.unwrap();
     stores[1].kill();
     let joined = Arc::new(Killable::new(peer(&store)));
     relays.push(Some(relay(joined.clone(), bus.clone())));
     // The leaver's and the dead relay's partitions move to the others, some to the newcomer.
-    let moved = wait_until(Duration::from_secs(20), || async {
+    eventually("the partitions to move off the leaver and the dead relay", Duration::from_secs(20), || async {
         let o = owners(&store).await;
-        held(&o, stores[0].inner()) == 0 && held(&o, stores[1].inner()) == 0 && held(&o, joined.inner()) > 0
+        (held(&o, stores[0].inner()) == 0 && held(&o, stores[1].inner()) == 0 && held(&o, joined.inner()) > 0)
+            .then_some(())
     })
     .await;
-    assert!(moved, "partitions moved: {:?}", owners(&store).await.len());
 
-    let drained =
-        wait_until(Duration::from_secs(60), || async { store.stats().await.is_ok_and(|s| s.pending == 0) }).await;
-    assert!(drained, "the backlog drained: {:?}", store.stats().await);
+    let pending = || async { store.stats().await.is_ok_and(|s| s.pending == 0).then_some(()) };
+    eventually("the backlog to drain", Duration::from_secs(60), pending).await;
     for r in relays.into_iter().flatten() {
         let _ = r.shutdown().await;
     }
@@ -224,7 +210,8 @@ async fn migration_upgrades_a_table_from_before_partitions(store: SqlStore) {
     let upgraded = Arc::new(Killable::new(peer(&store)));
     let bus = Arc::new(MemoryBus::new());
     let r = relay(upgraded, bus.clone());
-    assert!(wait_until(Duration::from_secs(30), || async { bus.len() >= n }).await, "drained: {}", bus.len());
+    eventually("the upgraded table to drain", Duration::from_secs(30), || async { (bus.len() >= n).then_some(()) })
+        .await;
     r.shutdown().await.unwrap();
     assert_eq!(check_key_order(&bus.messages(), keys, n), 0);
 }

@@ -3,6 +3,7 @@
 
 use outbox_core::Result;
 use outbox_core::message::now_millis;
+use tokio::sync::MutexGuard;
 
 use super::{Ownership, View, fair_share};
 use crate::SqlStore;
@@ -16,7 +17,20 @@ impl SqlStore {
     /// Empty without partitioning, or when the hold cannot be renewed (the database is
     /// down): keyed messages then wait, while the SQL check on every claim keeps them safe.
     pub(crate) async fn held_partitions(&self) -> Vec<i32> {
-        let Some(own) = &self.ownership else { return Vec::new() };
+        match self.renewed_view().await {
+            Some(view) if now_millis() < view.valid_until => view.owned.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Renews the hold when that is due (claims by id check it in SQL, so they need no list).
+    pub(crate) async fn renew_hold_if_due(&self) {
+        drop(self.renewed_view().await);
+    }
+
+    /// The store's view of its hold, renewed first when due; `None` without partitioning.
+    async fn renewed_view(&self) -> Option<MutexGuard<'_, View>> {
+        let own = self.ownership.as_ref()?;
         let mut view = own.view.lock().await;
         let now = now_millis();
         if now >= view.renew_at
@@ -25,7 +39,7 @@ impl SqlStore {
             tracing::warn!(%error, "could not renew the partition leases; keyed messages wait");
             view.renew_at = now.saturating_add((own.ttl_millis() / 10).max(100));
         }
-        if now < view.valid_until { view.owned.clone() } else { Vec::new() }
+        Some(view)
     }
 
     /// Renews the hold, then takes or gives up partitions to reach the fair share.

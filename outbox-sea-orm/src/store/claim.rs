@@ -185,14 +185,8 @@ impl SqlStore {
                 .bind(until)
                 .push(", claim_token = ")
                 .bind(lease.token)
-                .push(" WHERE seq IN (");
-            for (i, row) in rows.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
-                q.bind(row.seq);
-            }
-            q.push(")");
+                .push(" WHERE ")
+                .i64_in("seq", rows.iter().map(|r| r.seq));
             self.execute(&txn, q).await?;
         }
         txn.commit().await.map_err(|e| self.db_err(e))?;

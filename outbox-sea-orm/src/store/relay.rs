@@ -39,8 +39,8 @@ impl OutboxStore for SqlStore {
     }
 
     async fn claim_ids(&self, ids: &[MessageId], lease: &Lease) -> Result<Vec<OutboxMessage>> {
-        // Renews the hold on partitions when due; the claim checks it in SQL.
-        let _ = self.held_partitions().await;
+        // The claim checks the hold on partitions in SQL.
+        self.renew_hold_if_due().await;
         let mut claimed = Vec::new();
         for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
             claimed.extend(self.claim(Pick::Ids(chunk), lease).await?);
