@@ -49,6 +49,19 @@ pub const FIELD_ORIGINAL_ID: &str = "Outbox-Original-Id";
 /// Field of a dead letter: how many times it was delivered.
 pub const FIELD_DELIVERIES: &str = "Outbox-Deliveries";
 
+/// Dead-lettering within one slot: `XADD` to `KEYS[1]`, and only if it succeeded `XACK` of
+/// entry `ARGV[2]` in `KEYS[2]` for group `ARGV[1]`; `ARGV[3..]` are the letter's fields. The
+/// `XADD` runs under `pcall` and its error is returned as it is, keeping the server's error
+/// code (before Redis 7 an error raised in a script came back as `ERR`). `replicate_commands`
+/// lets Redis 5 write after the non-deterministic `XADD *` (a no-op from Redis 7).
+const DEAD_LETTER_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, 3))
+if type(added) == 'table' and added.err then return added end
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return added
+";
+
 /// A Redis Streams consumer group runner, not yet running; [`spawn`](Self::spawn) starts it.
 #[derive(Clone)]
 pub struct RedisStreamsConsumer {
@@ -58,6 +71,7 @@ pub struct RedisStreamsConsumer {
     consumer: String,
     dead_letter_stream: String,
     config: ConsumerConfig,
+    dead_letter_script: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStreamsConsumer {
@@ -74,14 +88,21 @@ impl RedisStreamsConsumer {
     /// Consumer `consumer` of group `group` on `stream`, dead-lettering to
     /// `dead_letter_stream`. The group is created at the stream's start if missing.
     ///
-    /// A dead letter is added and the entry acknowledged in one `MULTI`/`EXEC`, so a crash
-    /// leaves neither or both: always on one server, and on a cluster when both streams hash
-    /// to one slot (a shared hash tag: `{orders}` and `dead:{orders}`). On a cluster with
-    /// streams in different slots, a transaction cannot span them: the dead letter is added
-    /// first, then the entry acknowledged. A crash (or a failed `XACK`) between the two
-    /// leaves the entry pending, so after `ack_wait` it is delivered again and, if it fails
-    /// again, dead-lettered again: a duplicate dead letter with the same
-    /// [`FIELD_ORIGINAL_ID`].
+    /// When both streams are in one slot (always on one server; on a cluster with a shared
+    /// hash tag: `{orders}` and `dead:{orders}`), one Lua script adds the dead letter and
+    /// only then acknowledges the entry. A script runs atomically on the server, so a crash
+    /// or lost connection leaves neither or both; an `XADD` that fails (e.g. `WRONGTYPE`: the
+    /// dead-letter key holds something else) stops the script before the `XACK`, so the entry
+    /// stays pending and is delivered again after `ack_wait`, dead-lettered once the key can
+    /// take it. (A `MULTI`/`EXEC` would not do: it runs the `XACK` after a failed `XADD`.)
+    /// Redis does not undo a script's writes, so an `XACK` that fails after the `XADD` (the
+    /// group was destroyed meanwhile) leaves the letter added.
+    ///
+    /// On a cluster with the streams in different slots, one script cannot span them: the
+    /// dead letter is added first, then the entry acknowledged. A failed `XADD` leaves the
+    /// entry pending as above; a crash (or a failed `XACK`) between the two leaves it pending
+    /// too, so after `ack_wait` it is delivered again and, if it fails again, dead-lettered
+    /// again: a duplicate dead letter with the same [`FIELD_ORIGINAL_ID`].
     pub fn new(
         conn: ConnectionManager,
         stream: impl Into<String>,
@@ -106,7 +127,16 @@ impl RedisStreamsConsumer {
     }
 
     fn on(conn: Conn, stream: String, group: String, consumer: String, dead_letter_stream: String) -> Self {
-        Self { conn, stream, group, consumer, dead_letter_stream, config: ConsumerConfig::default() }
+        let dead_letter_script = redis::Script::new(DEAD_LETTER_SCRIPT);
+        Self {
+            conn,
+            stream,
+            group,
+            consumer,
+            dead_letter_stream,
+            config: ConsumerConfig::default(),
+            dead_letter_script,
+        }
     }
 
     /// Sets the runner settings (default [`ConsumerConfig::default`]; `per_key` and
@@ -138,7 +168,7 @@ impl RedisStreamsConsumer {
         }))
     }
 
-    /// Whether one `MULTI` can hold the dead letter's `XADD` and the `XACK`: not across two
+    /// Whether one script can run the dead letter's `XADD` and the `XACK`: not across two
     /// cluster slots (`CROSSSLOT`).
     fn dead_letter_is_atomic(&self) -> bool {
         match &self.conn {
@@ -280,15 +310,14 @@ impl<H: Handler> Runner<H> {
                 fields.push((FIELD_ORIGINAL_ID.to_owned(), entry.id.clone().into_bytes()));
                 fields.push((FIELD_DELIVERIES.to_owned(), delivered.to_string().into_bytes()));
                 if spec.dead_letter_is_atomic() {
-                    // The dead letter and the ack go together, so a crash leaves neither or both.
-                    let moved: redis::RedisResult<()> = redis::pipe()
-                        .atomic()
-                        .xadd(&spec.dead_letter_stream, "*", &fields)
-                        .ignore()
-                        .xack(&spec.stream, &spec.group, &[&entry.id])
-                        .ignore()
-                        .query_async(&mut conn)
-                        .await;
+                    // One script: atomic, so a crash leaves neither or both, and a failed XADD
+                    // stops it before the XACK (a MULTI would still ack and lose the letter).
+                    let mut moved = spec.dead_letter_script.key(&spec.dead_letter_stream);
+                    moved.key(&spec.stream).arg(&spec.group).arg(&entry.id);
+                    for (name, value) in &fields {
+                        moved.arg(name).arg(value);
+                    }
+                    let moved: redis::RedisResult<String> = moved.invoke_async(&mut conn).await;
                     if let Err(e) = moved {
                         tracing::warn!(error = %e, "dead-lettering failed; the entry is claimed again after ack_wait");
                         return;
