@@ -1,15 +1,20 @@
 //! The inbox on every backend: duplicates skipped, concurrent deliveries of one id have one
-//! effect, a failed handler records nothing, retention deletes old ids in batches.
+//! effect, a failed handler records nothing, retention deletes old ids in batches, and
+//! processes that create one inbox table at once all succeed.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxError, InboxFuture, Processed, migrate_inbox};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Statement};
+use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxError, InboxFuture, InboxMigration, Processed, migrate_inbox};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr, Statement,
+    TransactionTrait,
+};
+use sea_orm_migration::{MigrationTrait, SchemaManager};
 
-use common::{Backend, connect, unique_table};
+use common::{Backend, connect, unique_table, url_of};
 
 /// An inbox on a fresh table plus a business table `effects` that handlers insert into.
 struct Fixture {
@@ -169,3 +174,85 @@ inbox_cases!(
     failed_handler_records_nothing_and_a_retry_runs,
     retention_purges_old_ids_in_batches,
 );
+
+/// Concurrent creators of one inbox table per round, and rounds (each a new table).
+const CREATORS: usize = 8;
+const ROUNDS: usize = 5;
+
+/// `n` pools of one connection each on `backend`'s test server (SQLite: one new file), so
+/// their statements really run in parallel; `None` (skip) as [`connect`] says.
+async fn separate_connections(backend: Backend, n: usize) -> Option<Vec<DatabaseConnection>> {
+    let mut dbs = Vec::with_capacity(n);
+    if backend == Backend::Sqlite {
+        let dir = std::env::temp_dir().join("outbox-sea-orm-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.db", unique_table()));
+        for _ in 0..n {
+            dbs.push(outbox_sea_orm::connect_sqlite(&path).await.unwrap());
+        }
+        return Some(dbs);
+    }
+    connect(backend).await?;
+    let (_, url) = url_of(backend);
+    for _ in 0..n {
+        let mut options = ConnectOptions::new(url.clone());
+        options.max_connections(1).min_connections(1).acquire_timeout(Duration::from_secs(30)).sqlx_logging(false);
+        dbs.push(Database::connect(options).await.unwrap());
+    }
+    Some(dbs)
+}
+
+/// Every process of a deployment may create the inbox at startup: on Postgres, concurrent
+/// `CREATE … IF NOT EXISTS` of one name can fail on a catalog unique index. Half the
+/// creators call `migrate_inbox`, half run the SeaORM migration in a transaction (as the
+/// migrator does on Postgres).
+async fn concurrent_creations_of_one_table_all_succeed(backend: Backend) {
+    let Some(dbs) = separate_connections(backend, CREATORS).await else { return };
+    for round in 0..ROUNDS {
+        let config = InboxConfig::default().table(unique_table()).consumer("tests");
+        let start = Arc::new(tokio::sync::Barrier::new(CREATORS));
+        let creators = dbs.iter().cloned().enumerate().map(|(i, db)| {
+            let (config, start) = (config.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                if i % 2 == 0 {
+                    return migrate_inbox(&db, &config).await.map_err(|e| e.to_string());
+                }
+                let txn = db.begin().await.map_err(|e| e.to_string())?;
+                let migration = InboxMigration::new(config.table.clone()).unwrap();
+                migration.up(&SchemaManager::new(&txn)).await.map_err(|e| e.to_string())?;
+                txn.commit().await.map_err(|e| e.to_string())
+            })
+        });
+        let outcomes = futures::future::join_all(creators).await;
+        let failed: Vec<String> = outcomes.into_iter().filter_map(|o| o.unwrap().err()).collect();
+        assert!(failed.is_empty(), "round {round}: {} of {CREATORS} creations failed: {failed:?}", failed.len());
+
+        let inbox = Inbox::new(dbs[0].clone(), config).unwrap();
+        let id = new_id();
+        let done = inbox.process(&id, |_txn| Box::pin(async { Ok::<_, DbErr>(()) })).await.unwrap();
+        assert_eq!(done, Processed::Done(()));
+        assert!(inbox.contains(&id).await.unwrap(), "round {round}: the id is recorded");
+    }
+}
+
+macro_rules! backend_cases {
+    ($($case:ident),* $(,)?) => {
+        backend_cases!(@backend postgres_creation, "postgres", Postgres, $($case),*);
+        backend_cases!(@backend mysql_creation, "mysql", MySql, $($case),*);
+        backend_cases!(@backend sqlite_creation, "sqlite", Sqlite, $($case),*);
+    };
+    (@backend $module:ident, $feature:literal, $backend:ident, $($case:ident),*) => {
+        #[cfg(feature = $feature)]
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::$backend).await;
+                }
+            )*
+        }
+    };
+}
+
+backend_cases!(concurrent_creations_of_one_table_all_succeed);

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use outbox_core::Result;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 
 use super::config::{DEFAULT_INBOX_TABLE, InboxConfig};
@@ -29,7 +29,8 @@ use crate::sql::Dialect;
 /// ```
 ///
 /// `up` is idempotent (`CREATE … IF NOT EXISTS`), so it also adopts a table created by
-/// [`migrate_inbox`].
+/// [`migrate_inbox`], and several processes may run it at once: on Postgres the creators of
+/// one table take turns on a transaction-level advisory lock (see [`migrate_inbox`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxMigration {
     table: String,
@@ -70,10 +71,23 @@ impl MigrationName for InboxMigration {
 impl MigrationTrait for InboxMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let dialect = Dialect::of(manager.get_database_backend()).map_err(|e| DbErr::Migration(e.to_string()))?;
-        for ddl in create_statements(dialect, &self.table) {
-            manager.get_connection().execute_unprepared(&ddl).await?;
+        let conn = manager.get_connection();
+        if dialect != Dialect::Postgres {
+            // MySQL: one statement, which concurrent creators pass safely; SQLite: one writer.
+            for ddl in create_statements(dialect, &self.table) {
+                conn.execute_unprepared(&ddl).await?;
+            }
+            return Ok(());
         }
-        Ok(())
+        // Concurrent `CREATE … IF NOT EXISTS` of one name can fail on a catalog unique index
+        // (`pg_type_typname_nsp_index`), so creators of this table take turns. Inside the
+        // migrator's transaction this is a savepoint and the lock lasts until its commit.
+        let txn = conn.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({})", ddl_lock_key(&self.table))).await?;
+        for ddl in create_statements(dialect, &self.table) {
+            txn.execute_unprepared(&ddl).await?;
+        }
+        txn.commit().await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -84,7 +98,10 @@ impl MigrationTrait for InboxMigration {
 }
 
 /// Creates the inbox table of `config` and its index if they are missing (idempotent,
-/// unversioned).
+/// unversioned). Processes starting together may all call it: on Postgres the DDL runs in
+/// one transaction holding `pg_advisory_xact_lock` on a key derived from the table name
+/// (FNV-1a), since concurrent `CREATE … IF NOT EXISTS` there can fail on a catalog unique
+/// index; MySQL's single `CREATE TABLE IF NOT EXISTS` and SQLite's one writer need no lock.
 ///
 /// ```no_run
 /// # async fn run() -> outbox_core::Result<()> {
@@ -99,6 +116,16 @@ pub async fn migrate_inbox(db: &DatabaseConnection, config: &InboxConfig) -> Res
     let migration = InboxMigration::new(config.table.clone())?;
     let backend = db.get_database_backend();
     migration.up(&SchemaManager::new(db)).await.map_err(|e| from_db_err(backend, &config.table, e))
+}
+
+/// The advisory lock key for creating `table`: FNV-1a (64 bit) of a name for this use,
+/// so it is the same in every process and unlikely to meet an application's own keys.
+fn ddl_lock_key(table: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in "outbox-inbox-ddl:".bytes().chain(table.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
 /// The DDL for `table`, one statement per string. The primary key is what makes a second
@@ -147,5 +174,12 @@ mod tests {
             let ddl = create_statements(d, "t").join("\n");
             assert!(ddl.contains("PRIMARY KEY (consumer, message_id)") && ddl.contains("t_processed_idx"), "{d:?}");
         }
+    }
+
+    #[test]
+    fn the_lock_key_is_fnv1a_of_the_prefixed_table_and_differs_per_table() {
+        // FNV-1a 64 of "outbox-inbox-ddl:inbox", computed independently: every process agrees.
+        assert_eq!(ddl_lock_key("inbox"), 0x1d3c_6fda_c758_6272);
+        assert_ne!(ddl_lock_key("inbox"), ddl_lock_key("billing_inbox"));
     }
 }
