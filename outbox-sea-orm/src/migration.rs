@@ -2,9 +2,13 @@
 //! migration or in one call; upgrades a table made before key partitions in place.
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use outbox_core::Result;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
-use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, SchemaManagerConnection};
 
 use crate::config::{DEFAULT_KEY_PARTITIONS, DEFAULT_TABLE, MAX_TABLE_LEN, SqlStoreConfig, check_identifier};
 use crate::error::from_db_err;
@@ -13,6 +17,12 @@ use crate::sql::{Dialect, Query};
 
 /// Rows given their partition per statement when upgrading a table.
 const BACKFILL_BATCH: i64 = 5_000;
+
+/// The lock prefix of the outbox table's DDL (see [`with_ddl_lock`]).
+pub(crate) const OUTBOX_DDL_LOCK: &str = "outbox-ddl:";
+
+/// How long a MySQL creator waits for another one's DDL lock: longer than any upgrade.
+const MYSQL_DDL_LOCK_WAIT_SECS: i64 = 3600;
 
 /// A migration that creates (`up`) or drops (`down`) one outbox table. Add it to your own
 /// `Migrator` so the outbox table is versioned with the rest of your schema:
@@ -38,7 +48,9 @@ const BACKFILL_BATCH: i64 = 5_000;
 /// [`migrate`]. On a table made before key partitions it adds the `partition_no` column,
 /// its index and the lease tables, and gives every pending and dead keyed row its
 /// partition, in batches (set the count with [`key_partitions`](Self::key_partitions) if
-/// the store's is not the default).
+/// the store's is not the default). Several processes may run it (or [`migrate`]) at once:
+/// the creators of one table take turns on a lock, so each finds the table either missing
+/// or complete (see [`migrate`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxMigration {
     table: String,
@@ -93,12 +105,18 @@ impl MigrationName for OutboxMigration {
 impl MigrationTrait for OutboxMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let dialect = Dialect::of(manager.get_database_backend()).map_err(|e| DbErr::Migration(e.to_string()))?;
-        let conn = manager.get_connection();
-        for ddl in create_statements(dialect, &self.table) {
-            conn.execute_unprepared(&ddl).await?;
-        }
-        upgrade(conn, dialect, &self.table).await?;
-        backfill_partitions(conn, dialect, &self.table, self.key_partitions).await
+        let (table, partitions) = (self.table.clone(), self.key_partitions);
+        let lock = format!("{OUTBOX_DDL_LOCK}{table}");
+        with_ddl_lock(manager.get_connection(), dialect, &lock, move |txn| {
+            Box::pin(async move {
+                for ddl in create_statements(dialect, &table) {
+                    txn.execute_unprepared(&ddl).await?;
+                }
+                upgrade(txn, dialect, &table).await?;
+                backfill_partitions(txn, dialect, &table, partitions).await
+            })
+        })
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -129,7 +147,15 @@ impl MigratorTrait for Migrator {
 }
 
 /// Creates the table of `config` and its indexes if they are missing (idempotent, unversioned):
-/// the quickest start, and what `outbox migrate` runs.
+/// the quickest start, and what `outbox migrate` runs. Upgrades a table made before key
+/// partitions as [`OutboxMigration`] does.
+///
+/// Relays starting together may all call it: the whole creation or upgrade runs under a lock
+/// on the table's name, so the others wait and then find it complete. Postgres takes
+/// `pg_advisory_xact_lock` on a key derived from the name (FNV-1a), since concurrent
+/// `CREATE … IF NOT EXISTS` there can fail on a catalog unique index; MySQL takes `GET_LOCK`
+/// on the name; SQLite takes its write lock (`BEGIN IMMEDIATE`). Without them, concurrent
+/// upgrades fail adding the same column.
 ///
 /// ```no_run
 /// # async fn run() -> outbox_core::Result<()> {
@@ -144,6 +170,96 @@ pub async fn migrate(db: &DatabaseConnection, config: &SqlStoreConfig) -> Result
     let migration = OutboxMigration::new(config.table.clone())?.key_partitions(config.key_partitions);
     let backend = db.get_database_backend();
     migration.up(&SchemaManager::new(db)).await.map_err(|e| from_db_err(backend, &config.table, e))
+}
+
+/// Runs `ddl` for one table so that processes doing it at once take turns, each in a
+/// transaction that first takes the lock named `lock` (a prefix such as
+/// [`OUTBOX_DDL_LOCK`] and the table):
+///
+/// - Postgres: `pg_advisory_xact_lock` on [`ddl_lock_key`]. Inside a caller's transaction
+///   (the SeaORM migrator's) this is a savepoint and the lock lasts until that commits.
+/// - MySQL: `GET_LOCK` on `lock`, released when `ddl` ends. Each DDL statement commits
+///   implicitly, so the transaction only keeps the lock's session; a caller's transaction
+///   is used as it is, since DDL would end a savepoint.
+/// - SQLite: `BEGIN IMMEDIATE`, which takes the write lock before the first check. In a
+///   caller's transaction, only a savepoint: a deferred transaction takes no lock up front.
+pub(crate) async fn with_ddl_lock<F>(
+    conn: &SchemaManagerConnection<'_>,
+    dialect: Dialect,
+    lock: &str,
+    ddl: F,
+) -> Result<(), DbErr>
+where
+    F: for<'c> FnOnce(&'c DatabaseTransaction) -> BoxFuture<'c, Result<(), DbErr>> + Send,
+{
+    match dialect {
+        Dialect::Postgres => {
+            let txn = conn.begin().await?;
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({})", ddl_lock_key(lock))).await?;
+            ddl(&txn).await?;
+            txn.commit().await
+        }
+        Dialect::MySql => match conn {
+            SchemaManagerConnection::Connection(db) => {
+                let txn = db.begin().await?;
+                with_mysql_lock(&txn, lock, ddl).await?;
+                txn.commit().await
+            }
+            SchemaManagerConnection::Transaction(txn) => with_mysql_lock(txn, lock, ddl).await,
+            SchemaManagerConnection::OwnedTransaction(txn) => with_mysql_lock(txn, lock, ddl).await,
+        },
+        Dialect::Sqlite => {
+            let txn = match conn {
+                SchemaManagerConnection::Connection(db) => {
+                    let immediate = TransactionOptions {
+                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    };
+                    db.begin_with_options(immediate).await?
+                }
+                _ => conn.begin().await?,
+            };
+            ddl(&txn).await?;
+            txn.commit().await
+        }
+    }
+}
+
+/// Runs `ddl` on `txn`'s connection holding the MySQL user lock `lock`.
+async fn with_mysql_lock<F>(txn: &DatabaseTransaction, lock: &str, ddl: F) -> Result<(), DbErr>
+where
+    F: for<'c> FnOnce(&'c DatabaseTransaction) -> BoxFuture<'c, Result<(), DbErr>> + Send,
+{
+    // Lock names are at most 64 characters; a shared prefix only makes two tables take turns.
+    let name = &lock[..lock.len().min(64)];
+    let get = Statement::from_sql_and_values(
+        DbBackend::MySql,
+        "SELECT GET_LOCK(?, ?)",
+        [name.into(), MYSQL_DDL_LOCK_WAIT_SECS.into()],
+    );
+    let got: Option<i64> = match txn.query_one_raw(get).await? {
+        Some(row) => row.try_get_by_index(0)?,
+        None => None,
+    };
+    if got != Some(1) {
+        return Err(DbErr::Migration(format!("waited {MYSQL_DDL_LOCK_WAIT_SECS} s for the lock {name} in vain")));
+    }
+    let done = ddl(txn).await;
+    // The lock belongs to the session, which outlives the transaction in the pool.
+    let release = Statement::from_sql_and_values(DbBackend::MySql, "SELECT RELEASE_LOCK(?)", [name.into()]);
+    let released = txn.query_one_raw(release).await;
+    done?;
+    released.map(|_| ())
+}
+
+/// The Postgres advisory lock key for `lock`: FNV-1a (64 bit) of the name, so it is the same
+/// in every process and unlikely to meet an application's own keys.
+pub(crate) fn ddl_lock_key(lock: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in lock.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
 /// Brings a table up to date: the `partition_no` column and its index (tables made before
@@ -372,5 +488,13 @@ mod tests {
             let ddl = create_statements(d, "t").join("\n");
             assert!(ddl.contains("t_status_seq_idx") && ddl.contains("t_key_head_idx"), "{d:?}");
         }
+    }
+
+    #[test]
+    fn lock_keys_are_fnv1a_of_the_name_and_differ_per_table_and_use() {
+        // FNV-1a 64 of "outbox-inbox-ddl:inbox", computed independently: every process agrees.
+        assert_eq!(ddl_lock_key("outbox-inbox-ddl:inbox"), 0x1d3c_6fda_c758_6272);
+        assert_ne!(ddl_lock_key("outbox-ddl:outbox"), ddl_lock_key("outbox-ddl:orders_outbox"));
+        assert_ne!(ddl_lock_key("outbox-ddl:t"), ddl_lock_key("outbox-inbox-ddl:t"));
     }
 }

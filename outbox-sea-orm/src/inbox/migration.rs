@@ -2,13 +2,17 @@
 
 use async_trait::async_trait;
 use outbox_core::Result;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 
 use super::config::{DEFAULT_INBOX_TABLE, InboxConfig};
 use crate::config::{MAX_TABLE_LEN, check_identifier};
 use crate::error::from_db_err;
+use crate::migration::with_ddl_lock;
 use crate::sql::Dialect;
+
+/// The lock prefix of the inbox table's DDL, apart from the outbox table's.
+const INBOX_DDL_LOCK: &str = "outbox-inbox-ddl:";
 
 /// A migration that creates (`up`) or drops (`down`) one inbox table; add it to your
 /// `Migrator` beside [`OutboxMigration`](crate::OutboxMigration):
@@ -80,14 +84,17 @@ impl MigrationTrait for InboxMigration {
             return Ok(());
         }
         // Concurrent `CREATE … IF NOT EXISTS` of one name can fail on a catalog unique index
-        // (`pg_type_typname_nsp_index`), so creators of this table take turns. Inside the
-        // migrator's transaction this is a savepoint and the lock lasts until its commit.
-        let txn = conn.begin().await?;
-        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({})", ddl_lock_key(&self.table))).await?;
-        for ddl in create_statements(dialect, &self.table) {
-            txn.execute_unprepared(&ddl).await?;
-        }
-        txn.commit().await
+        // (`pg_type_typname_nsp_index`), so creators of this table take turns.
+        let table = self.table.clone();
+        with_ddl_lock(conn, dialect, &format!("{INBOX_DDL_LOCK}{table}"), move |txn| {
+            Box::pin(async move {
+                for ddl in create_statements(dialect, &table) {
+                    txn.execute_unprepared(&ddl).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -116,16 +123,6 @@ pub async fn migrate_inbox(db: &DatabaseConnection, config: &InboxConfig) -> Res
     let migration = InboxMigration::new(config.table.clone())?;
     let backend = db.get_database_backend();
     migration.up(&SchemaManager::new(db)).await.map_err(|e| from_db_err(backend, &config.table, e))
-}
-
-/// The advisory lock key for creating `table`: FNV-1a (64 bit) of a name for this use,
-/// so it is the same in every process and unlikely to meet an application's own keys.
-fn ddl_lock_key(table: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "outbox-inbox-ddl:".bytes().chain(table.bytes()) {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
 }
 
 /// The DDL for `table`, one statement per string. The primary key is what makes a second
@@ -174,12 +171,5 @@ mod tests {
             let ddl = create_statements(d, "t").join("\n");
             assert!(ddl.contains("PRIMARY KEY (consumer, message_id)") && ddl.contains("t_processed_idx"), "{d:?}");
         }
-    }
-
-    #[test]
-    fn the_lock_key_is_fnv1a_of_the_prefixed_table_and_differs_per_table() {
-        // FNV-1a 64 of "outbox-inbox-ddl:inbox", computed independently: every process agrees.
-        assert_eq!(ddl_lock_key("inbox"), 0x1d3c_6fda_c758_6272);
-        assert_ne!(ddl_lock_key("inbox"), ddl_lock_key("billing_inbox"));
     }
 }
