@@ -16,6 +16,9 @@ pub const MAX_CONSUMER_LEN: usize = 128;
 /// Longest message id the inbox records, in bytes.
 pub const MAX_INBOX_ID_LEN: usize = 255;
 
+/// Most deliveries one [`InboxHandler`](super::InboxHandler) transaction may hold.
+pub const MAX_INBOX_BATCH: usize = 1_000;
+
 /// Settings of an [`Inbox`](super::Inbox).
 ///
 /// ```
@@ -39,11 +42,23 @@ pub struct InboxConfig {
     /// services, two durable consumers) can share a table and each processes it once. Default
     /// [`DEFAULT_CONSUMER`]; 1 to [`MAX_CONSUMER_LEN`] bytes.
     pub consumer: String,
+    /// Most deliveries an [`InboxHandler`](super::InboxHandler) puts in one transaction (those
+    /// waiting when a transaction is free). Default 64; 1 gives each its own; at most
+    /// [`MAX_INBOX_BATCH`].
+    pub batch: usize,
+    /// Most transactions an [`InboxHandler`](super::InboxHandler) has open at once, so
+    /// connections of the pool it takes. Default 4.
+    pub transactions: usize,
 }
 
 impl Default for InboxConfig {
     fn default() -> Self {
-        Self { table: DEFAULT_INBOX_TABLE.to_owned(), consumer: DEFAULT_CONSUMER.to_owned() }
+        Self {
+            table: DEFAULT_INBOX_TABLE.to_owned(),
+            consumer: DEFAULT_CONSUMER.to_owned(),
+            batch: 64,
+            transactions: 4,
+        }
     }
 }
 
@@ -60,6 +75,18 @@ impl InboxConfig {
         self
     }
 
+    /// Sets [`InboxConfig::batch`].
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+
+    /// Sets [`InboxConfig::transactions`].
+    pub fn transactions(mut self, n: usize) -> Self {
+        self.transactions = n;
+        self
+    }
+
     /// Checks every field; the error names the bad one and what is allowed.
     pub fn validate(&self) -> Result<()> {
         check_identifier("inbox.table", &self.table, MAX_TABLE_LEN)?;
@@ -68,6 +95,12 @@ impl InboxConfig {
                 "inbox.consumer",
                 format!("must be 1 to {MAX_CONSUMER_LEN} bytes, got {}", self.consumer.len()),
             ));
+        }
+        if self.batch == 0 || self.batch > MAX_INBOX_BATCH {
+            return Err(Error::config("inbox.batch", format!("must be 1 to {MAX_INBOX_BATCH}, got {}", self.batch)));
+        }
+        if self.transactions == 0 {
+            return Err(Error::config("inbox.transactions", "must be at least 1"));
         }
         Ok(())
     }
@@ -88,5 +121,12 @@ mod tests {
         assert!(err.to_string().contains("`inbox.consumer`"));
         let err = InboxConfig::default().consumer("x".repeat(MAX_CONSUMER_LEN + 1)).validate().unwrap_err();
         assert!(err.to_string().contains("`inbox.consumer`"));
+        for (config, field) in [
+            (InboxConfig::default().batch(0), "`inbox.batch`"),
+            (InboxConfig::default().batch(MAX_INBOX_BATCH + 1), "`inbox.batch`"),
+            (InboxConfig::default().transactions(0), "`inbox.transactions`"),
+        ] {
+            assert!(config.validate().unwrap_err().to_string().contains(field), "{config:?}");
+        }
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! - [`Inbox::process`] runs your handler in a transaction that first inserts the message id;
 //!   an id already recorded is [`Processed::Duplicate`] and the handler does not run.
+//! - [`Inbox::handler`] is the same as a consumer [`Handler`](outbox_core::consumer::Handler)
+//!   for a runner: deliveries that arrive together share one transaction ([`InboxHandler`]).
 //! - [`InboxMigration`] / [`migrate_inbox`] create the table.
 //! - [`Inbox::purge`] removes old ids in bounded batches (retention).
 //!
@@ -38,11 +40,15 @@
 //! ```
 
 mod config;
+mod handler;
 mod migration;
 mod retention;
 mod store;
 
-pub use config::{DEFAULT_CONSUMER, DEFAULT_INBOX_TABLE, InboxConfig, MAX_CONSUMER_LEN, MAX_INBOX_ID_LEN};
+pub use config::{
+    DEFAULT_CONSUMER, DEFAULT_INBOX_TABLE, InboxConfig, MAX_CONSUMER_LEN, MAX_INBOX_BATCH, MAX_INBOX_ID_LEN,
+};
+pub use handler::InboxHandler;
 pub use migration::{InboxMigration, migrate_inbox};
 pub use outbox_core::consumer::Processed;
 pub use store::{Inbox, InboxError, InboxFuture};

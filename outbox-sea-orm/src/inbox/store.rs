@@ -174,7 +174,7 @@ impl Inbox {
         self.db.query_one_raw(stmt).await.map(|row| row.is_some()).map_err(|e| self.db_err(e))
     }
 
-    async fn begin(&self) -> std::result::Result<DatabaseTransaction, DbErr> {
+    pub(super) async fn begin(&self) -> std::result::Result<DatabaseTransaction, DbErr> {
         match self.dialect {
             Dialect::Sqlite => {
                 let options = TransactionOptions {
