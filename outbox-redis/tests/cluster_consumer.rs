@@ -47,7 +47,7 @@ async fn a_poison_entry_is_dead_lettered_across_slots_while_others_flow() {
     let prefix = common::prefix();
     let split_stream = format!("{prefix}orders");
     let split = (split_stream.clone(), dead_letter_in_another_slot(&prefix, &split_stream));
-    // A shared hash tag: one slot, so the dead letter still moves in one MULTI.
+    // A shared hash tag: one slot, so the dead letter still moves in one script.
     let tagged = (format!("{prefix}{{orders}}"), format!("{prefix}dead:{{orders}}"));
     assert_eq!(slot(&tagged.0), slot(&tagged.1));
 
