@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxError, InboxFuture, InboxMigration, Processed, migrate_inbox};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Statement, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, SchemaManager};
 
-use common::{Backend, connect, unique_table, url_of};
+use common::{Backend, connect, separate_connections, unique_table};
 
 /// An inbox on a fresh table plus a business table `effects` that handlers insert into.
 struct Fixture {
@@ -178,29 +175,6 @@ inbox_cases!(
 /// Concurrent creators of one inbox table per round, and rounds (each a new table).
 const CREATORS: usize = 8;
 const ROUNDS: usize = 5;
-
-/// `n` pools of one connection each on `backend`'s test server (SQLite: one new file), so
-/// their statements really run in parallel; `None` (skip) as [`connect`] says.
-async fn separate_connections(backend: Backend, n: usize) -> Option<Vec<DatabaseConnection>> {
-    let mut dbs = Vec::with_capacity(n);
-    if backend == Backend::Sqlite {
-        let dir = std::env::temp_dir().join("outbox-sea-orm-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.db", unique_table()));
-        for _ in 0..n {
-            dbs.push(outbox_sea_orm::connect_sqlite(&path).await.unwrap());
-        }
-        return Some(dbs);
-    }
-    connect(backend).await?;
-    let (_, url) = url_of(backend);
-    for _ in 0..n {
-        let mut options = ConnectOptions::new(url.clone());
-        options.max_connections(1).min_connections(1).acquire_timeout(Duration::from_secs(30)).sqlx_logging(false);
-        dbs.push(Database::connect(options).await.unwrap());
-    }
-    Some(dbs)
-}
 
 /// Every process of a deployment may create the inbox at startup: on Postgres, concurrent
 /// `CREATE … IF NOT EXISTS` of one name can fail on a catalog unique index. Half the

@@ -12,11 +12,11 @@ use std::time::Duration;
 use outbox_core::{Lease, NewMessage, OutboxStore};
 use outbox_sea_orm::schema::partition_of;
 use outbox_sea_orm::{OutboxMigration, SqlStore, SqlStoreConfig, migrate};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, SchemaManager};
 use uuid::Uuid;
 
-use common::{Backend, connect, unique_table, url_of};
+use common::{Backend, separate_connections, unique_table};
 
 /// Concurrent creators of one table per round, and rounds (each a new table).
 const CREATORS: usize = 8;
@@ -24,29 +24,6 @@ const ROUNDS: usize = 5;
 /// Keyed rows the old-shape table holds before its upgrade.
 const OLD_ROWS: usize = 40;
 const TTL: Duration = Duration::from_secs(30);
-
-/// `n` pools of one connection each on `backend`'s test server (SQLite: one new file), so
-/// their statements really run in parallel; `None` (skip) as [`connect`] says.
-async fn separate_connections(backend: Backend, n: usize) -> Option<Vec<DatabaseConnection>> {
-    let mut dbs = Vec::with_capacity(n);
-    if backend == Backend::Sqlite {
-        let dir = std::env::temp_dir().join("outbox-sea-orm-tests");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.db", unique_table()));
-        for _ in 0..n {
-            dbs.push(outbox_sea_orm::connect_sqlite(&path).await.unwrap());
-        }
-        return Some(dbs);
-    }
-    connect(backend).await?;
-    let (_, url) = url_of(backend);
-    for _ in 0..n {
-        let mut options = ConnectOptions::new(url.clone());
-        options.max_connections(1).min_connections(1).acquire_timeout(Duration::from_secs(30)).sqlx_logging(false);
-        dbs.push(Database::connect(options).await.unwrap());
-    }
-    Some(dbs)
-}
 
 /// Runs one creator per connection, all released at once by a barrier: even ones call
 /// `migrate`, odd ones run the SeaORM migration in a transaction (as the migrator does on

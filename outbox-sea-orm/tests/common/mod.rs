@@ -207,3 +207,27 @@ macro_rules! per_backend {
         }
     };
 }
+
+/// `n` pools of one connection each on `backend`'s test server (SQLite: one new file), so
+/// their statements really run in parallel; `None` (skip) as [`connect`] says.
+pub async fn separate_connections(backend: Backend, n: usize) -> Option<Vec<DatabaseConnection>> {
+    let mut dbs = Vec::with_capacity(n);
+    #[cfg(feature = "sqlite")]
+    if backend == Backend::Sqlite {
+        let dir = std::env::temp_dir().join("outbox-sea-orm-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.db", unique_table()));
+        for _ in 0..n {
+            dbs.push(outbox_sea_orm::connect_sqlite(&path).await.unwrap());
+        }
+        return Some(dbs);
+    }
+    connect(backend).await?;
+    let (_, url) = url_of(backend);
+    for _ in 0..n {
+        let mut options = ConnectOptions::new(url.clone());
+        options.max_connections(1).min_connections(1).acquire_timeout(Duration::from_secs(30)).sqlx_logging(false);
+        dbs.push(Database::connect(options).await.unwrap());
+    }
+    Some(dbs)
+}
