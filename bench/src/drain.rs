@@ -36,6 +36,9 @@ pub(crate) struct Plan {
     pub(crate) key_counts: Vec<usize>,
     /// Relay instances of the keyed drains.
     pub(crate) keyed_relays: Vec<usize>,
+    /// Rounds of the keyed drains, interleaved; each scenario keeps its best round, so that a
+    /// slow spell of a shared machine does not land on one scenario only.
+    pub(crate) keyed_rounds: usize,
     /// Sweep concurrencies to try besides the default 2 (JetStream, batch 1,000, one relay).
     pub(crate) concurrency: Vec<usize>,
 }
@@ -57,6 +60,7 @@ impl Plan {
                 key_counts: vec![1_000],
                 concurrency: vec![],
                 keyed_relays: vec![1],
+                keyed_rounds: 1,
             }
         } else {
             let n = n.unwrap_or(200_000);
@@ -72,6 +76,7 @@ impl Plan {
                 key_counts: vec![10_000, 1_000],
                 concurrency: vec![1, 4],
                 keyed_relays: vec![1, 4],
+                keyed_rounds: 3,
             }
         }
     }
@@ -189,20 +194,28 @@ pub(crate) async fn relay_drain(env: &Env, d: Drain, deadline: Duration) -> Drai
     let start = Instant::now();
     // A store per relay, as in separate processes: each holds its own share of the key
     // partitions.
+    let phases = Arc::new(crate::phases::Phases::default());
+    let probing = env.phases;
     let handles: Vec<_> = (0..d.relays)
         .map(|_| {
             let store = SqlStore::new(table.db.clone(), table.store.config().clone()).expect("store");
-            Relay::builder(Arc::new(store), bus.clone())
-                .without_listener()
-                .fallback(fallback.clone())
-                .build()
-                .expect("relay")
-                .spawn()
+            let (store, bus): (Arc<dyn OutboxStore>, Arc<dyn Bus>) = if probing {
+                (
+                    Arc::new(crate::phases::TimedStore { inner: store, phases: phases.clone() }),
+                    Arc::new(crate::phases::TimedBus { inner: bus.clone(), phases: phases.clone() }),
+                )
+            } else {
+                (Arc::new(store), bus.clone())
+            };
+            Relay::builder(store, bus).without_listener().fallback(fallback.clone()).build().expect("relay").spawn()
         })
         .collect();
     let drained = table.wait_drained(deadline).await;
     let elapsed = start.elapsed();
     let cpu = cpu0.until(&env.cpu().await);
+    if probing {
+        phases.print(&format!("{:?} keys, {} relay(s), {} partitions", d.keys, d.relays, d.partitions), elapsed);
+    }
     for h in handles {
         let _ = h.shutdown().await;
     }

@@ -22,6 +22,8 @@ pub(crate) struct Env {
     pub(crate) db: DatabaseConnection,
     pub(crate) nats: async_nats::Client,
     pub(crate) redis: redis::aio::ConnectionManager,
+    /// Print where each relay drain spent its time (`--phases`).
+    pub(crate) phases: bool,
 }
 
 fn var(name: &str, default: &str) -> String {
@@ -56,7 +58,7 @@ impl Env {
         let db = pg_pool(&pg_url, 20).await?;
         let nats = outbox::nats::connect(&var("OUTBOX_TEST_NATS_URL", "nats://127.0.0.1:4222")).await?;
         let redis = outbox::redis::connect(&var("OUTBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379")).await?;
-        Ok(Self { pg_url, db, nats, redis })
+        Ok(Self { pg_url, db, nats, redis, phases: false })
     }
 
     /// A migrated outbox table of its own (and a `LISTEN`/`NOTIFY` channel of the same name

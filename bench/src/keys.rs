@@ -11,14 +11,15 @@ use outbox::{FallbackConfig, Relay, RelayHandle};
 use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
-use crate::drain::{Broker, Drain, Plan, Sink, drain_row, relay_drain};
+use crate::drain::{Broker, Drain, Drained, Plan, Sink, drain_row, relay_drain};
 use crate::env::{Env, Keys, stmt};
 use crate::report::{Check, Goal, Report, Row, num};
 
 /// Runs the keyed drains, then the rebalancing scenario.
 pub(crate) async fn run(env: &Env, report: &mut Report, plan: &Plan) {
     let n = plan.n_keyed;
-    println!("# keys: N = {n} per drain, JetStream, batch 1,000, sweep concurrency 2");
+    let rounds = plan.keyed_rounds;
+    println!("# keys: N = {n} per drain, JetStream, batch 1,000, sweep concurrency 2, best of {rounds} rounds");
     let drain = |keys, relays, partitions| Drain {
         broker: Broker::JetStream,
         n,
@@ -29,43 +30,50 @@ pub(crate) async fn run(env: &Env, report: &mut Report, plan: &Plan) {
         partitions,
     };
     let deadline = plan.deadline.min(Duration::from_secs(60));
-    let unkeyed = relay_drain(env, drain(Keys::None, 1, DEFAULT_KEY_PARTITIONS), deadline).await;
-    report.add(drain_row("keys", drain(Keys::None, 1, DEFAULT_KEY_PARTITIONS), &unkeyed, None, None));
-
+    let mut scenarios = vec![drain(Keys::None, 1, DEFAULT_KEY_PARTITIONS)];
     for &keys in &plan.key_counts {
-        let mut one_relay = None;
         for &relays in &plan.keyed_relays {
-            let d = drain(Keys::Spread(keys), relays, DEFAULT_KEY_PARTITIONS);
-            let r = relay_drain(env, d, deadline).await;
-            let goal = match (keys, relays) {
-                (1_000, 1) => Some(Goal::AtLeast(0.6)),
-                (10_000, 1) => Some(Goal::AtLeast(0.8)),
-                _ => None,
-            };
-            let mut row = drain_row("keys", d, &r, None, None).check(Check::ratio(
-                "unkeyed, 1 relay",
-                r.rate / unkeyed.rate,
-                goal,
-            ));
-            match one_relay {
-                None => one_relay = Some(r.rate),
-                Some(one) => {
-                    let goal = (keys == 1_000).then_some(Goal::AtLeast(1.0));
-                    row = row.check(Check::ratio("1 relay, same keys", r.rate / one, goal));
-                }
-            }
-            report.add(row);
+            scenarios.push(drain(Keys::Spread(keys), relays, DEFAULT_KEY_PARTITIONS));
         }
     }
     // The per-row head-of-key check, as before partitions, for comparison.
     for &relays in &plan.keyed_relays {
-        let d = drain(Keys::Spread(1_000), relays, 0);
-        let r = relay_drain(env, d, deadline).await;
-        report.add(drain_row("keys", d, &r, None, None).check(Check::ratio(
-            "unkeyed, 1 relay",
-            r.rate / unkeyed.rate,
-            None,
-        )));
+        scenarios.push(drain(Keys::Spread(1_000), relays, 0));
+    }
+    let mut best: Vec<Option<Drained>> = scenarios.iter().map(|_| None).collect();
+    for _ in 0..rounds {
+        for (d, kept) in scenarios.iter().zip(best.iter_mut()) {
+            let r = relay_drain(env, *d, deadline).await;
+            if kept.as_ref().is_none_or(|k| r.rate > k.rate) {
+                *kept = Some(r);
+            }
+        }
+    }
+    let results: Vec<(Drain, Drained)> = scenarios.into_iter().zip(best.into_iter().flatten()).collect();
+    let unkeyed = results[0].1.rate;
+    report.add(drain_row("keys", results[0].0, &results[0].1, None, None));
+    let one_relay = |keys: usize, partitions: u16| {
+        results
+            .iter()
+            .find(|(d, _)| d.keys == Keys::Spread(keys) && d.relays == 1 && d.partitions == partitions)
+            .map(|(_, r)| r.rate)
+    };
+    for (d, r) in &results[1..] {
+        let Keys::Spread(keys) = d.keys else { continue };
+        let goal = match (keys, d.relays, d.partitions) {
+            (1_000, 1, DEFAULT_KEY_PARTITIONS) => Some(Goal::AtLeast(0.6)),
+            (10_000, 1, DEFAULT_KEY_PARTITIONS) => Some(Goal::AtLeast(0.8)),
+            _ => None,
+        };
+        let mut row =
+            drain_row("keys", *d, r, None, None).check(Check::ratio("unkeyed, 1 relay", r.rate / unkeyed, goal));
+        if d.relays > 1
+            && let Some(one) = one_relay(keys, d.partitions)
+        {
+            let goal = (keys == 1_000 && d.partitions > 0).then_some(Goal::AtLeast(1.0));
+            row = row.check(Check::ratio("1 relay, same keys", r.rate / one, goal));
+        }
+        report.add(row);
     }
     rebalance(env, report, n).await;
 }

@@ -15,6 +15,7 @@ mod kafka;
 mod keys;
 mod latency;
 mod machine;
+mod phases;
 mod probe;
 mod report;
 mod store;
@@ -48,6 +49,9 @@ struct Args {
     /// Messages per drain (default 200,000; 20,000 with --quick).
     #[arg(long)]
     n: Option<usize>,
+    /// Print, per relay drain, the time its relays spent claiming, publishing and settling.
+    #[arg(long)]
+    phases: bool,
     #[command(subcommand)]
     child: Option<Child>,
 }
@@ -103,7 +107,8 @@ async fn main() -> Result<(), env::BoxError> {
 }
 
 async fn run(args: Args) -> Result<(), env::BoxError> {
-    let env = env::Env::connect().await?;
+    let mut env = env::Env::connect().await?;
+    env.phases = args.phases;
     let mut report = report::Report::new(command_line());
     report.machine(machine::Machine::probe(&env).await);
     let started = Instant::now();

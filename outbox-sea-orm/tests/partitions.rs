@@ -88,6 +88,30 @@ async fn relays_split_the_partitions_and_claim_only_their_own(store: SqlStore) {
     assert_eq!(got_a.len() + got_b.len(), 201);
 }
 
+/// Sweeps that found only keyed rows skip the window sweep for rows without a partition; a
+/// keyless message enqueued after them is still claimed by the next sweep, whichever kind
+/// goes first.
+async fn keyless_rows_are_swept_after_keyed_only_sweeps(store: SqlStore) {
+    let s = peer(&store);
+    let lease = Lease::new(Duration::from_secs(30));
+    eventually("one relay to hold every partition", Duration::from_secs(20), || async {
+        let _ = s.claim_ids(&[MessageId::new()], &lease).await.unwrap();
+        (held(&owners(&store).await, &s) == 256).then_some(())
+    })
+    .await;
+    // Two rows per key: a sweep claims the heads, and the rest wait behind them.
+    s.enqueue((0..40).map(|i| keyed(i, 20)).collect()).await.unwrap();
+    let heads = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+    assert_eq!(heads.len(), 20);
+    assert!(s.claim_due(1000, Duration::ZERO, &lease).await.unwrap().is_empty(), "the rest wait behind their heads");
+    for round in 0..4 {
+        let id = s.enqueue(vec![NewMessage::new("parts", format!("free {round}"))]).await.unwrap()[0];
+        let got = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+        let ids: Vec<MessageId> = got.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![id], "round {round}: the keyless message, and nothing behind a head");
+    }
+}
+
 fn relay(store: Arc<Killable<SqlStore>>, bus: Arc<MemoryBus>) -> RelayHandle {
     let fallback =
         FallbackConfig::default().min_age(Duration::ZERO).interval(Duration::from_millis(20)).batch_size(100);
@@ -218,6 +242,7 @@ async fn migration_upgrades_a_table_from_before_partitions(store: SqlStore) {
 
 per_backend!(
     relays_split_the_partitions_and_claim_only_their_own,
+    keyless_rows_are_swept_after_keyed_only_sweeps,
     per_key_order_holds_while_partitions_move,
     migration_upgrades_a_table_from_before_partitions,
 );

@@ -9,6 +9,7 @@
 //! partition (by a writer that predates partitions).
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{Lease, OutboxMessage, Result, UnixMillis};
@@ -36,12 +37,15 @@ impl SqlStore {
         }
         let owned = self.held_partitions().await;
         if owned.is_empty() {
+            // No probe ran: the window sweep must look.
+            self.unpartitioned_pending.store(true, Ordering::Relaxed);
             return Ok(Vec::new());
         }
         // Twice the batch, spread over the partitions: enough heads when keys are few per
         // partition, and a bounded read when they are not.
         let per_partition = (2 * limit).div_ceil(owned.len()).clamp(4, limit.max(4));
-        let candidates = self.first_pending(&owned, per_partition).await?;
+        let (candidates, unpartitioned) = self.first_pending(&owned, per_partition).await?;
+        self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
         let own = self.ownership.as_ref().expect("partitions are held");
         let busy = own.keys_in_flight(now_millis());
         let heads: Vec<i64> =
@@ -60,32 +64,45 @@ impl SqlStore {
         Ok(claimed)
     }
 
-    /// The first `per_partition` pending rows of each of `partitions`: `(seq, key)`.
-    async fn first_pending(&self, partitions: &[i32], per_partition: usize) -> Result<Vec<(i64, String)>> {
+    /// The first `per_partition` pending rows of each of `partitions`, `(seq, key)`; and
+    /// whether a pending row without a partition exists (one more index probe in the same
+    /// round trip: a row with no `partition_no`).
+    async fn first_pending(&self, partitions: &[i32], per_partition: usize) -> Result<(Vec<(i64, String)>, bool)> {
         let per = i64::try_from(per_partition).unwrap_or(i64::MAX);
         let mut found = Vec::new();
+        let mut unpartitioned = false;
+        let probe = format!(
+            "SELECT seq, msg_key, partition_no FROM (SELECT seq, msg_key, partition_no FROM {} \
+             WHERE partition_no IS NULL AND status = 0 ORDER BY seq LIMIT 1) unpartitioned",
+            self.table
+        );
         let statements: Vec<Query> = match self.dialect {
             #[cfg(feature = "postgres")]
             Dialect::Postgres => {
                 let mut q = Query::new(self.dialect);
-                q.push("SELECT x.seq, x.msg_key FROM unnest(")
+                q.push("SELECT x.seq, x.msg_key, x.partition_no FROM unnest(")
                     .bind(partitions.to_vec())
-                    .push("::int[]) AS o(p) CROSS JOIN LATERAL (SELECT w.seq, w.msg_key FROM ")
+                    .push("::int[]) AS o(p) CROSS JOIN LATERAL (SELECT w.seq, w.msg_key, w.partition_no FROM ")
                     .push(&self.table)
                     .push(" w WHERE w.partition_no = o.p AND w.status = 0 ORDER BY w.seq LIMIT ")
                     .bind(per)
-                    .push(") x");
+                    .push(") x UNION ALL ")
+                    .push(&probe);
                 vec![q]
             }
             _ => partitions
                 .chunks(PARTITIONS_PER_STATEMENT)
-                .map(|chunk| {
+                .enumerate()
+                .map(|(n, chunk)| {
                     let mut q = Query::new(self.dialect);
+                    if n == 0 {
+                        q.push(&probe);
+                    }
                     for (i, p) in chunk.iter().enumerate() {
-                        if i > 0 {
+                        if i > 0 || n == 0 {
                             q.push(" UNION ALL ");
                         }
-                        q.push("SELECT seq, msg_key FROM (SELECT seq, msg_key FROM ")
+                        q.push("SELECT seq, msg_key, partition_no FROM (SELECT seq, msg_key, partition_no FROM ")
                             .push(&self.table)
                             .push(" WHERE partition_no = ")
                             .bind(*p)
@@ -101,13 +118,17 @@ impl SqlStore {
         for q in statements {
             for row in self.fetch(&self.db, q).await? {
                 let seq = row.try_get_by_index::<i64>(0).map_err(|e| self.db_err(e))?;
+                if row.try_get_by_index::<Option<i32>>(2).map_err(|e| self.db_err(e))?.is_none() {
+                    unpartitioned = true;
+                    continue;
+                }
                 // A keyed row always has a key; a row without one here is skipped, not claimed.
                 if let Ok(key) = row.try_get_by_index::<String>(1) {
                     found.push((seq, key));
                 }
             }
         }
-        Ok(found)
+        Ok((found, unpartitioned))
     }
 }
 

@@ -36,14 +36,18 @@ impl SqlStore {
         let claimed = if self.ownership.is_none() {
             self.sweep_unpartitioned(created_before, limit, lease).await?
         } else {
-            let keyed_first = !self.keyed_first.fetch_xor(true, Ordering::Relaxed);
+            // With no unpartitioned rows seen, the keyed claim goes first: its probe tells
+            // whether the window sweep has anything to do, which saves a round trip a sweep.
+            let turn = self.keyed_first.fetch_xor(true, Ordering::Relaxed);
+            let keyed_first = !turn || !self.unpartitioned_pending.load(Ordering::Relaxed);
             let mut claimed = if keyed_first {
                 self.claim_keyed(created_before, limit, lease).await?
             } else {
                 self.sweep_unpartitioned(created_before, limit, lease).await?
             };
             let rest = limit - claimed.len();
-            if rest > 0 {
+            let skip_window = keyed_first && !self.unpartitioned_pending.load(Ordering::Relaxed);
+            if rest > 0 && !skip_window {
                 let more = if keyed_first {
                     self.sweep_unpartitioned(created_before, rest, lease).await
                 } else {

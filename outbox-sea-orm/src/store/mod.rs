@@ -81,6 +81,10 @@ pub struct SqlStore {
     /// Whether the next sweep claims keyed messages before the others (they take turns,
     /// so neither kind starves the other).
     keyed_first: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the last keyed claim saw a pending row without a partition (keyless, or
+    /// written before partitions); while it saw none, sweeps go keyed first and skip the
+    /// window sweep when their own probe finds none either.
+    pub(crate) unpartitioned_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Lets one caller through per period.
@@ -171,6 +175,7 @@ impl SqlStore {
             full_sweeps: Arc::default(),
             ownership,
             keyed_first: Arc::default(),
+            unpartitioned_pending: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
 
