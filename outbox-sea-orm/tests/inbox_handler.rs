@@ -200,6 +200,17 @@ async fn two_consumers_racing_on_the_same_ids_have_one_effect_each(fx: Fixture) 
     }
 }
 
+async fn an_id_the_inbox_cannot_record_is_rejected_at_once(fx: Fixture) {
+    let handler = fx.handler(&fx.inbox);
+    let too_long = "x".repeat(300);
+    let err = handler.handle(delivery(&too_long)).await.expect_err("a 300-byte id");
+    assert!(!err.is_retryable(), "no redelivery records it: {err}");
+    assert!(err.to_string().contains("1 to 255 bytes, got 300"), "{err}");
+    assert_eq!(fx.calls(&too_long), 0, "the work did not run");
+    let fine = new_ids(1).remove(0);
+    assert_eq!(handler.handle(delivery(&fine)).await.unwrap(), Processed::Done(()));
+}
+
 macro_rules! handler_cases {
     ($($case:ident),* $(,)?) => {
         handler_cases!(@backend postgres, "postgres", Postgres, $($case),*);
@@ -225,4 +236,5 @@ handler_cases!(
     waiting_deliveries_share_one_transaction_and_duplicates_are_skipped,
     a_failure_rolls_its_group_back_and_each_then_runs_alone,
     two_consumers_racing_on_the_same_ids_have_one_effect_each,
+    an_id_the_inbox_cannot_record_is_rejected_at_once,
 );

@@ -139,6 +139,15 @@ async fn group_and_run(inbox: Inbox, work: Arc<dyn InboxWork>, mut queue: mpsc::
 }
 
 async fn run_group(inbox: &Inbox, work: &dyn InboxWork, group: Vec<Job>) {
+    // An id the inbox cannot record fails the same way on every delivery: dead-letter it.
+    let (group, bad): (Vec<Job>, Vec<Job>) =
+        group.into_iter().partition(|(d, _)| !d.id.is_empty() && d.id.len() <= MAX_INBOX_ID_LEN);
+    for (delivery, answer) in bad {
+        let _ = answer.send(Err(HandlerError::reject(format!(
+            "an inbox message id must be 1 to {MAX_INBOX_ID_LEN} bytes, got {}",
+            delivery.id.len()
+        ))));
+    }
     if group.len() > 1 {
         match together(inbox, work, &group).await {
             Ok(outcomes) => {
@@ -196,8 +205,8 @@ async fn record_all<'a>(
     let mut ids: Vec<&str> = ids.collect();
     ids.sort_unstable();
     ids.dedup();
-    if inbox.dialect() == Dialect::MySql || ids.iter().any(|id| id.is_empty() || id.len() > MAX_INBOX_ID_LEN) {
-        // No `RETURNING` on MySQL; and a bad id gets `record`'s error.
+    if inbox.dialect() == Dialect::MySql {
+        // No `RETURNING` on MySQL.
         let mut fresh = HashSet::new();
         for id in ids {
             if inbox.record(txn, id).await? {
