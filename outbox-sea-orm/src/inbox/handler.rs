@@ -50,6 +50,9 @@ type Job = (Delivery, oneshot::Sender<HandlerResult>);
 /// Two deliveries of one id in two groups (two consumers) cannot both run: the second insert
 /// waits on the first transaction and becomes a duplicate when it commits. Ids are inserted
 /// in sorted order, so two groups never wait on each other in a circle.
+///
+/// The grouping runs in a task spawned on the runtime of the first delivery; it ends when
+/// the handler is dropped.
 pub struct InboxHandler {
     inbox: Inbox,
     work: Arc<dyn InboxWork>,
@@ -104,6 +107,7 @@ impl Handler for InboxHandler {
     async fn handle(&self, delivery: Delivery) -> HandlerResult {
         // The grouping task starts with the first delivery, on the runner's runtime.
         let queue = self.queue.get_or_init(|| {
+            // Unbounded: the runner's `concurrency` bounds the deliveries waiting here.
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(group_and_run(self.inbox.clone(), self.work.clone(), rx));
             tx
