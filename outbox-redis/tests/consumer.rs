@@ -164,9 +164,13 @@ async fn an_entry_whose_dead_letter_cannot_be_written_stays_pending_until_it_can
         let mut conn = conn.clone();
         let (stream, poison, attempts) = (stream.clone(), poison.clone(), attempts.clone());
         async move {
+            // The attempts first: an entry seen delivered is in the group's pending list
+            // from then on, unless acknowledged (read the other way round, a poll can see the
+            // list from before the first delivery and the attempt after it).
+            let seen = attempts.load(Ordering::SeqCst);
             let pending: redis::streams::StreamPendingCountReply =
                 conn.xpending_count(&stream, "g", &poison, &poison, 1).await.unwrap();
-            match attempts.load(Ordering::SeqCst) {
+            match seen {
                 n if n > 2 => Some(true),
                 n if n >= 1 && pending.ids.is_empty() => Some(false),
                 _ => None,
