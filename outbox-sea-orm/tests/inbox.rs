@@ -1,17 +1,16 @@
 //! The inbox on every backend: duplicates skipped, concurrent deliveries of one id have one
-//! effect, a failed handler records nothing, retention deletes old ids in batches, and
-//! processes that create one inbox table at once all succeed.
+//! effect, a failed handler records nothing, retention deletes old ids in batches.
+//! (Concurrent creation of one inbox table: `migrate_race.rs`.)
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxError, InboxFuture, InboxMigration, Processed, migrate_inbox};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Statement, TransactionTrait};
-use sea_orm_migration::{MigrationTrait, SchemaManager};
+use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxError, InboxFuture, Processed, migrate_inbox};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Statement};
 
-use common::{Backend, connect, separate_connections, unique_table};
+use common::{Backend, connect, unique_table};
 
 /// An inbox on a fresh table plus a business table `effects` that handlers insert into.
 struct Fixture {
@@ -144,89 +143,10 @@ async fn retention_purges_old_ids_in_batches(fx: Fixture) {
     assert_eq!(fx.inbox.process(&ids[0], fx.effect(&ids[0])).await.unwrap(), Processed::Done(()));
 }
 
-macro_rules! inbox_cases {
-    ($($case:ident),* $(,)?) => {
-        inbox_cases!(@backend postgres, "postgres", Postgres, $($case),*);
-        inbox_cases!(@backend mysql, "mysql", MySql, $($case),*);
-        inbox_cases!(@backend sqlite, "sqlite", Sqlite, $($case),*);
-    };
-    (@backend $module:ident, $feature:literal, $backend:ident, $($case:ident),*) => {
-        #[cfg(feature = $feature)]
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    if let Some(fx) = super::fixture(super::Backend::$backend).await {
-                        super::$case(fx).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-inbox_cases!(
+per_backend!(
+    fixture =>
     duplicate_is_skipped,
     concurrent_deliveries_have_one_effect,
     failed_handler_records_nothing_and_a_retry_runs,
     retention_purges_old_ids_in_batches,
 );
-
-/// Concurrent creators of one inbox table per round, and rounds (each a new table).
-const CREATORS: usize = 8;
-const ROUNDS: usize = 5;
-
-/// Every process of a deployment may create the inbox at startup: on Postgres, concurrent
-/// `CREATE … IF NOT EXISTS` of one name can fail on a catalog unique index. Half the
-/// creators call `migrate_inbox`, half run the SeaORM migration in a transaction (as the
-/// migrator does on Postgres).
-async fn concurrent_creations_of_one_table_all_succeed(backend: Backend) {
-    let Some(dbs) = separate_connections(backend, CREATORS).await else { return };
-    for round in 0..ROUNDS {
-        let config = InboxConfig::default().table(unique_table()).consumer("tests");
-        let start = Arc::new(tokio::sync::Barrier::new(CREATORS));
-        let creators = dbs.iter().cloned().enumerate().map(|(i, db)| {
-            let (config, start) = (config.clone(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                if i % 2 == 0 {
-                    return migrate_inbox(&db, &config).await.map_err(|e| e.to_string());
-                }
-                let txn = db.begin().await.map_err(|e| e.to_string())?;
-                let migration = InboxMigration::new(config.table.clone()).unwrap();
-                migration.up(&SchemaManager::new(&txn)).await.map_err(|e| e.to_string())?;
-                txn.commit().await.map_err(|e| e.to_string())
-            })
-        });
-        let outcomes = futures::future::join_all(creators).await;
-        let failed: Vec<String> = outcomes.into_iter().filter_map(|o| o.unwrap().err()).collect();
-        assert!(failed.is_empty(), "round {round}: {} of {CREATORS} creations failed: {failed:?}", failed.len());
-
-        let inbox = Inbox::new(dbs[0].clone(), config).unwrap();
-        let id = new_id();
-        let done = inbox.process(&id, |_txn| Box::pin(async { Ok::<_, DbErr>(()) })).await.unwrap();
-        assert_eq!(done, Processed::Done(()));
-        assert!(inbox.contains(&id).await.unwrap(), "round {round}: the id is recorded");
-    }
-}
-
-macro_rules! backend_cases {
-    ($($case:ident),* $(,)?) => {
-        backend_cases!(@backend postgres_creation, "postgres", Postgres, $($case),*);
-        backend_cases!(@backend mysql_creation, "mysql", MySql, $($case),*);
-        backend_cases!(@backend sqlite_creation, "sqlite", Sqlite, $($case),*);
-    };
-    (@backend $module:ident, $feature:literal, $backend:ident, $($case:ident),*) => {
-        #[cfg(feature = $feature)]
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::$backend).await;
-                }
-            )*
-        }
-    };
-}
-
-backend_cases!(concurrent_creations_of_one_table_all_succeed);

@@ -211,28 +211,8 @@ async fn an_id_the_inbox_cannot_record_is_rejected_at_once(fx: Fixture) {
     assert_eq!(handler.handle(delivery(&fine)).await.unwrap(), Processed::Done(()));
 }
 
-macro_rules! handler_cases {
-    ($($case:ident),* $(,)?) => {
-        handler_cases!(@backend postgres, "postgres", Postgres, $($case),*);
-        handler_cases!(@backend mysql, "mysql", MySql, $($case),*);
-        handler_cases!(@backend sqlite, "sqlite", Sqlite, $($case),*);
-    };
-    (@backend $module:ident, $feature:literal, $backend:ident, $($case:ident),*) => {
-        #[cfg(feature = $feature)]
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    if let Some(fx) = super::fixture(super::Backend::$backend).await {
-                        super::$case(fx).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-handler_cases!(
+per_backend!(
+    fixture =>
     waiting_deliveries_share_one_transaction_and_duplicates_are_skipped,
     a_failure_rolls_its_group_back_and_each_then_runs_alone,
     two_consumers_racing_on_the_same_ids_have_one_effect_each,

@@ -1,22 +1,24 @@
 //! Relays that start together on a fresh database all create the outbox table, and on an
-//! old one all upgrade it: on Postgres, concurrent `CREATE … IF NOT EXISTS` of one name can
-//! fail on a catalog unique index and concurrent upgrades race on `ADD COLUMN`. Every call
-//! must succeed and leave a table that works.
+//! old one all upgrade it; consumers that start together all create their inbox table: on
+//! Postgres, concurrent `CREATE … IF NOT EXISTS` of one name can fail on a catalog unique
+//! index and concurrent upgrades race on `ADD COLUMN`. Every call must succeed and leave a
+//! table that works.
 #![cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 
 mod common;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::{Lease, NewMessage, OutboxStore};
+use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxMigration, Processed, migrate_inbox};
 use outbox_sea_orm::schema::partition_of;
 use outbox_sea_orm::{OutboxMigration, SqlStore, SqlStoreConfig, migrate};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, SchemaManager};
-use uuid::Uuid;
 
-use common::{Backend, separate_connections, unique_table};
+use common::{Backend, just, make_pre_partition_table, separate_connections, unique_table};
 
 /// Concurrent creators of one table per round, and rounds (each a new table).
 const CREATORS: usize = 8;
@@ -26,18 +28,21 @@ const OLD_ROWS: usize = 40;
 const TTL: Duration = Duration::from_secs(30);
 
 /// Runs one creator per connection, all released at once by a barrier: even ones call
-/// `migrate`, odd ones run the SeaORM migration in a transaction (as the migrator does on
-/// Postgres). Returns the errors.
-async fn create_together(dbs: &[DatabaseConnection], config: &SqlStoreConfig) -> Vec<String> {
+/// `create` (the one-call migration), odd ones run `migration` in a transaction (as the
+/// SeaORM migrator does on Postgres). Returns the errors.
+async fn create_together<C, F>(dbs: &[DatabaseConnection], create: C, migration: Arc<dyn MigrationTrait>) -> Vec<String>
+where
+    C: Fn(DatabaseConnection) -> F + Clone + Send + 'static,
+    F: Future<Output = Result<(), String>> + Send,
+{
     let start = Arc::new(tokio::sync::Barrier::new(dbs.len()));
     let creators = dbs.iter().cloned().enumerate().map(|(i, db)| {
-        let (config, start) = (config.clone(), start.clone());
+        let (create, migration, start) = (create.clone(), migration.clone(), start.clone());
         tokio::spawn(async move {
             start.wait().await;
             if i % 2 == 0 {
-                return migrate(&db, &config).await.map_err(|e| format!("migrate: {e}"));
+                return create(db).await.map_err(|e| format!("create: {e}"));
             }
-            let migration = OutboxMigration::new(config.table.clone()).unwrap().key_partitions(config.key_partitions);
             let txn = db.begin().await.map_err(|e| format!("begin: {e}"))?;
             migration.up(&SchemaManager::new(&txn)).await.map_err(|e| format!("up: {e}"))?;
             txn.commit().await.map_err(|e| format!("commit: {e}"))
@@ -47,8 +52,15 @@ async fn create_together(dbs: &[DatabaseConnection], config: &SqlStoreConfig) ->
     outcomes.into_iter().filter_map(|o| o.unwrap().err()).collect()
 }
 
-fn quoted(backend: Backend, name: &str) -> String {
-    if backend == Backend::MySql { format!("`{name}`") } else { format!("\"{name}\"") }
+/// [`create_together`] for the outbox table of `config`.
+async fn create_outbox_together(dbs: &[DatabaseConnection], config: &SqlStoreConfig) -> Vec<String> {
+    let migration = OutboxMigration::new(config.table.clone()).unwrap().key_partitions(config.key_partitions);
+    let config = config.clone();
+    let create = move |db: DatabaseConnection| {
+        let config = config.clone();
+        async move { migrate(&db, &config).await.map_err(|e| e.to_string()) }
+    };
+    create_together(dbs, create, Arc::new(migration)).await
 }
 
 async fn query(db: &DatabaseConnection, sql: String) -> Vec<sea_orm::QueryResult> {
@@ -64,7 +76,7 @@ async fn assert_table_works(backend: Backend, db: &DatabaseConnection, config: &
     let ids = store.enqueue(messages).await.unwrap_or_else(|e| panic!("{table}: enqueue: {e}"));
     assert_eq!(store.stats().await.unwrap().pending, before + 2, "{table}");
 
-    let t = quoted(backend, table);
+    let t = backend.quote(table);
     let rows = query(db, format!("SELECT partition_no FROM {t} WHERE msg_key = 'race-key'")).await;
     let partition: Option<i32> = rows[0].try_get_by_index(0).unwrap();
     assert_eq!(partition, Some(partition_of("race-key", config.key_partitions)), "{table}");
@@ -77,42 +89,10 @@ async fn concurrent_creations_of_one_table_all_succeed(backend: Backend) {
     let Some(dbs) = separate_connections(backend, CREATORS).await else { return };
     for round in 0..ROUNDS {
         let config = SqlStoreConfig::default().table(unique_table());
-        let failed = create_together(&dbs, &config).await;
+        let failed = create_outbox_together(&dbs, &config).await;
         assert!(failed.is_empty(), "round {round}: {} of {CREATORS} creations failed: {failed:?}", failed.len());
         assert_table_works(backend, &dbs[0], &config, 0).await;
     }
-}
-
-/// Turns a freshly migrated table into one made before key partitions (no `partition_no`,
-/// no partition index, no lease tables) holding [`OLD_ROWS`] pending keyed rows.
-async fn make_old_table(backend: Backend, db: &DatabaseConnection, config: &SqlStoreConfig) {
-    migrate(db, config).await.unwrap();
-    let table = &config.table;
-    let t = quoted(backend, table);
-    for ddl in [
-        format!("DROP TABLE {}", quoted(backend, &format!("{table}_partitions"))),
-        format!("DROP TABLE {}", quoted(backend, &format!("{table}_relays"))),
-        if backend == Backend::MySql {
-            format!("DROP INDEX `{table}_part_idx` ON {t}")
-        } else {
-            format!("DROP INDEX {}", quoted(backend, &format!("{table}_part_idx")))
-        },
-        format!("ALTER TABLE {t} DROP COLUMN partition_no"),
-    ] {
-        db.execute_unprepared(&ddl).await.unwrap();
-    }
-    // Rows as the old enqueue wrote them.
-    let uuid = |id: Uuid| if backend == Backend::Postgres { format!("'{id}'") } else { format!("X'{}'", id.simple()) };
-    let payload = if backend == Backend::Postgres { "convert_to('old', 'UTF8')" } else { "X'6f6c64'" };
-    let rows: Vec<String> = (0..OLD_ROWS)
-        .map(|i| format!("({}, 'old', 'key-{}', {payload}, '{{}}', 0, 0, 0, 0)", uuid(Uuid::now_v7()), i % 7))
-        .collect();
-    db.execute_unprepared(&format!(
-        "INSERT INTO {t} (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) VALUES {}",
-        rows.join(", ")
-    ))
-    .await
-    .unwrap();
 }
 
 /// Every relay of a deployment upgrading a table from before key partitions at once: all
@@ -121,11 +101,12 @@ async fn concurrent_upgrades_of_an_old_table_all_succeed(backend: Backend) {
     let Some(dbs) = separate_connections(backend, CREATORS).await else { return };
     for round in 0..ROUNDS {
         let config = SqlStoreConfig::default().table(unique_table());
-        make_old_table(backend, &dbs[0], &config).await;
-        let failed = create_together(&dbs, &config).await;
+        migrate(&dbs[0], &config).await.unwrap();
+        make_pre_partition_table(&dbs[0], &config.table, OLD_ROWS, 7).await;
+        let failed = create_outbox_together(&dbs, &config).await;
         assert!(failed.is_empty(), "round {round}: {} of {CREATORS} upgrades failed: {failed:?}", failed.len());
 
-        let t = quoted(backend, &config.table);
+        let t = backend.quote(&config.table);
         let found = query(&dbs[0], format!("SELECT msg_key, partition_no FROM {t}")).await;
         assert_eq!(found.len(), OLD_ROWS);
         for r in &found {
@@ -137,23 +118,33 @@ async fn concurrent_upgrades_of_an_old_table_all_succeed(backend: Backend) {
     }
 }
 
-macro_rules! backend_cases {
-    ($($case:ident),* $(,)?) => {
-        backend_cases!(@backend postgres, "postgres", Postgres, $($case),*);
-        backend_cases!(@backend mysql, "mysql", MySql, $($case),*);
-        backend_cases!(@backend sqlite, "sqlite", Sqlite, $($case),*);
-    };
-    (@backend $module:ident, $feature:literal, $backend:ident, $($case:ident),*) => {
-        #[cfg(feature = $feature)]
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::$backend).await;
-                }
-            )*
-        }
-    };
+/// Every process of a deployment may create its inbox at startup.
+async fn concurrent_creations_of_one_inbox_table_all_succeed(backend: Backend) {
+    let Some(dbs) = separate_connections(backend, CREATORS).await else { return };
+    for round in 0..ROUNDS {
+        let config = InboxConfig::default().table(unique_table()).consumer("tests");
+        let migration = InboxMigration::new(config.table.clone()).unwrap();
+        let create = {
+            let config = config.clone();
+            move |db: DatabaseConnection| {
+                let config = config.clone();
+                async move { migrate_inbox(&db, &config).await.map_err(|e| e.to_string()) }
+            }
+        };
+        let failed = create_together(&dbs, create, Arc::new(migration)).await;
+        assert!(failed.is_empty(), "round {round}: {} of {CREATORS} creations failed: {failed:?}", failed.len());
+
+        let inbox = Inbox::new(dbs[0].clone(), config).unwrap();
+        let id = uuid::Uuid::now_v7().to_string();
+        let done = inbox.process(&id, |_txn| Box::pin(async { Ok::<_, DbErr>(()) })).await.unwrap();
+        assert_eq!(done, Processed::Done(()));
+        assert!(inbox.contains(&id).await.unwrap(), "round {round}: the id is recorded");
+    }
 }
 
-backend_cases!(concurrent_creations_of_one_table_all_succeed, concurrent_upgrades_of_an_old_table_all_succeed);
+per_backend!(
+    just =>
+    concurrent_creations_of_one_table_all_succeed,
+    concurrent_upgrades_of_an_old_table_all_succeed,
+    concurrent_creations_of_one_inbox_table_all_succeed,
+);

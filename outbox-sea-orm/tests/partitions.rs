@@ -18,6 +18,8 @@ use outbox_sea_orm::{SqlStore, migrate};
 use sea_orm::{ConnectionTrait, Statement};
 use uuid::Uuid;
 
+use common::{Backend, make_pre_partition_table};
+
 const TTL: Duration = Duration::from_secs(1);
 
 /// Another relay's store on the same table, with a short partition lease.
@@ -31,7 +33,7 @@ async fn query(store: &SqlStore, sql: String) -> Vec<sea_orm::QueryResult> {
 }
 
 fn quoted(store: &SqlStore, name: &str) -> String {
-    if store.backend() == "mysql" { format!("`{name}`") } else { format!("\"{name}\"") }
+    Backend::of(store.connection()).quote(name)
 }
 
 /// Partition → live owner.
@@ -188,38 +190,8 @@ async fn migration_upgrades_a_table_from_before_partitions(store: SqlStore) {
     let table = store.config().table.clone();
     let t = quoted(&store, &table);
     let db = store.connection();
-    for ddl in [
-        format!("DROP TABLE {}", quoted(&store, &format!("{table}_partitions"))),
-        format!("DROP TABLE {}", quoted(&store, &format!("{table}_relays"))),
-        if store.backend() == "mysql" {
-            format!("DROP INDEX `{table}_part_idx` ON {t}")
-        } else {
-            format!("DROP INDEX {}", quoted(&store, &format!("{table}_part_idx")))
-        },
-        format!("ALTER TABLE {t} DROP COLUMN partition_no"),
-    ] {
-        db.execute_unprepared(&ddl).await.unwrap();
-    }
-    // Rows as the old enqueue wrote them.
     let (n, keys) = (300, 7);
-    let uuid = |id: Uuid| match store.backend() {
-        "postgres" => format!("'{id}'"),
-        "mysql" => format!("X'{}'", id.simple()),
-        _ => format!("X'{}'", id.simple()),
-    };
-    let payload = |i: usize| match store.backend() {
-        "postgres" => format!("convert_to('{i}', 'UTF8')"),
-        _ => format!("X'{}'", i.to_string().bytes().map(|b| format!("{b:02x}")).collect::<String>()),
-    };
-    let rows: Vec<String> = (0..n)
-        .map(|i| format!("({}, 'parts', 'key-{}', {}, '{{}}', 0, 0, 0, 0)", uuid(Uuid::now_v7()), i % keys, payload(i)))
-        .collect();
-    db.execute_unprepared(&format!(
-        "INSERT INTO {t} (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) VALUES {}",
-        rows.join(", ")
-    ))
-    .await
-    .unwrap();
+    make_pre_partition_table(db, &table, n, keys).await;
 
     migrate(db, store.config()).await.unwrap();
     migrate(db, store.config()).await.expect("the upgrade is idempotent");

@@ -29,6 +29,22 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// The backend `db` talks to.
+    pub fn of(db: &DatabaseConnection) -> Self {
+        match db.get_database_backend() {
+            DbBackend::Postgres => Self::Postgres,
+            DbBackend::MySql => Self::MySql,
+            _ => Self::Sqlite,
+        }
+    }
+
+    /// `name` quoted as an identifier.
+    pub fn quote(self, name: &str) -> String {
+        if self == Self::MySql { format!("`{name}`") } else { format!("\"{name}\"") }
+    }
+}
+
 fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -168,44 +184,46 @@ impl Notifier for RecordingNotifier {
     }
 }
 
-/// Runs each named `async fn(SqlStore)` case once per compiled backend, on a fresh table.
+/// One test per case and backend compiled in: `per_backend!(setup => case, …)` runs
+/// `case(setup(backend).await)` and skips when `setup` gives `None` (no server); `setup` is a
+/// function of the calling file. Without `setup =>`, a case gets a [`store`] with the default
+/// config.
 #[macro_export]
 macro_rules! per_backend {
+    ($setup:ident => $($case:ident),* $(,)?) => {
+        $crate::per_backend!(@all [super::$setup] $($case),*);
+    };
     ($($case:ident),* $(,)?) => {
-        #[cfg(feature = "postgres")]
-        mod postgres {
+        $crate::per_backend!(@all [$crate::common::default_store] $($case),*);
+    };
+    (@all [$setup:path] $($case:ident),*) => {
+        $crate::per_backend!(@one postgres, "postgres", Postgres, [$setup] $($case),*);
+        $crate::per_backend!(@one mysql, "mysql", MySql, [$setup] $($case),*);
+        $crate::per_backend!(@one sqlite, "sqlite", Sqlite, [$setup] $($case),*);
+    };
+    (@one $module:ident, $feature:literal, $backend:ident, [$setup:path] $($case:ident),*) => {
+        #[cfg(feature = $feature)]
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    if let Some(store) = $crate::common::store($crate::common::Backend::Postgres, Default::default()).await {
-                        super::$case(store).await;
-                    }
-                }
-            )*
-        }
-        #[cfg(feature = "mysql")]
-        mod mysql {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    if let Some(store) = $crate::common::store($crate::common::Backend::MySql, Default::default()).await {
-                        super::$case(store).await;
-                    }
-                }
-            )*
-        }
-        #[cfg(feature = "sqlite")]
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    if let Some(store) = $crate::common::store($crate::common::Backend::Sqlite, Default::default()).await {
-                        super::$case(store).await;
+                    if let Some(given) = $setup($crate::common::Backend::$backend).await {
+                        super::$case(given).await;
                     }
                 }
             )*
         }
     };
+}
+
+/// A store with the default config on `backend` (see [`store`]).
+pub async fn default_store(backend: Backend) -> Option<SqlStore> {
+    store(backend, SqlStoreConfig::default()).await
+}
+
+/// `backend` itself, for cases that connect on their own.
+pub async fn just(backend: Backend) -> Option<Backend> {
+    Some(backend)
 }
 
 /// `n` pools of one connection each on `backend`'s test server (SQLite: one new file), so
@@ -230,4 +248,42 @@ pub async fn separate_connections(backend: Backend, n: usize) -> Option<Vec<Data
         dbs.push(Database::connect(options).await.unwrap());
     }
     Some(dbs)
+}
+
+/// Turns the freshly migrated `table` into one made before key partitions (no
+/// `partition_no`, no partition index, no lease tables) holding `n` pending rows as the old
+/// enqueue wrote them, keyed `key-{i % keys}`, payload `i`.
+pub async fn make_pre_partition_table(db: &DatabaseConnection, table: &str, n: usize, keys: usize) {
+    let backend = Backend::of(db);
+    let t = backend.quote(table);
+    for ddl in [
+        format!("DROP TABLE {}", backend.quote(&format!("{table}_partitions"))),
+        format!("DROP TABLE {}", backend.quote(&format!("{table}_relays"))),
+        if backend == Backend::MySql {
+            format!("DROP INDEX `{table}_part_idx` ON {t}")
+        } else {
+            format!("DROP INDEX {}", backend.quote(&format!("{table}_part_idx")))
+        },
+        format!("ALTER TABLE {t} DROP COLUMN partition_no"),
+    ] {
+        db.execute_unprepared(&ddl).await.unwrap();
+    }
+    let uuid = |id: uuid::Uuid| {
+        if backend == Backend::Postgres { format!("'{id}'") } else { format!("X'{}'", id.simple()) }
+    };
+    let payload = |i: usize| match backend {
+        Backend::Postgres => format!("convert_to('{i}', 'UTF8')"),
+        _ => format!("X'{}'", i.to_string().bytes().map(|b| format!("{b:02x}")).collect::<String>()),
+    };
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            format!("({}, 'parts', 'key-{}', {}, '{{}}', 0, 0, 0, 0)", uuid(uuid::Uuid::now_v7()), i % keys, payload(i))
+        })
+        .collect();
+    db.execute_unprepared(&format!(
+        "INSERT INTO {t} (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .unwrap();
 }
