@@ -141,15 +141,8 @@ impl SqlStore {
     pub(crate) fn claim_update(&self, pick: Pick<'_>, lease: &Lease, now: UnixMillis, until: UnixMillis) -> Query {
         let mut q = Query::new(self.dialect);
         self.push_window_cte(&mut q, pick, now);
-        q.push("UPDATE ")
-            .push(&self.table)
-            .push(" SET claimed_until = ")
-            .bind(until)
-            .push(", claim_token = ")
-            .bind(lease.token)
-            .push(" WHERE seq IN (SELECT c.seq FROM ")
-            .push(&self.table)
-            .push(" c");
+        self.push_lease_update(&mut q, lease, until);
+        q.push(" WHERE seq IN (SELECT c.seq FROM ").push(&self.table).push(" c");
         self.push_claimable(&mut q, now, pick, &[]);
         if self.dialect == Dialect::Postgres {
             q.push(" FOR UPDATE OF c SKIP LOCKED");
@@ -162,6 +155,16 @@ impl SqlStore {
         }
         q.push(" RETURNING ").push(MESSAGE_COLUMNS);
         q
+    }
+
+    /// `UPDATE <table> SET` the lease `lease` holds until `until`; the caller adds the rows.
+    fn push_lease_update(&self, q: &mut Query, lease: &Lease, until: UnixMillis) {
+        q.push("UPDATE ")
+            .push(&self.table)
+            .push(" SET claimed_until = ")
+            .bind(until)
+            .push(", claim_token = ")
+            .bind(lease.token);
     }
 
     /// MySQL/MariaDB: lock the rows, then mark them. READ COMMITTED keeps the locking read
@@ -183,14 +186,8 @@ impl SqlStore {
         self.dead_letter_unreadable(&txn, &unreadable, None, now).await?;
         if !rows.is_empty() {
             let mut q = Query::new(self.dialect);
-            q.push("UPDATE ")
-                .push(&self.table)
-                .push(" SET claimed_until = ")
-                .bind(until)
-                .push(", claim_token = ")
-                .bind(lease.token)
-                .push(" WHERE ")
-                .i64_in("seq", rows.iter().map(|r| r.seq));
+            self.push_lease_update(&mut q, lease, until);
+            q.push(" WHERE ").i64_in("seq", rows.iter().map(|r| r.seq));
             self.execute(&txn, q).await?;
         }
         txn.commit().await.map_err(|e| self.db_err(e))?;
