@@ -182,7 +182,9 @@ pub async fn migrate(db: &DatabaseConnection, config: &SqlStoreConfig) -> Result
 ///   implicitly, so the transaction only keeps the lock's session; a caller's transaction
 ///   is used as it is, since DDL would end a savepoint.
 /// - SQLite: `BEGIN IMMEDIATE`, which takes the write lock before the first check. In a
-///   caller's transaction, only a savepoint: a deferred transaction takes no lock up front.
+///   caller's transaction, only a savepoint: the caller must have begun it `IMMEDIATE` (a
+///   deferred one that has read cannot take the write lock after another writer committed,
+///   and fails with `SQLITE_BUSY`). SeaORM's migrator uses no transaction on SQLite.
 pub(crate) async fn with_ddl_lock<F>(
     conn: &SchemaManagerConnection<'_>,
     dialect: Dialect,

@@ -15,7 +15,10 @@ use outbox_core::{Lease, NewMessage, OutboxStore};
 use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxMigration, Processed, migrate_inbox};
 use outbox_sea_orm::schema::partition_of;
 use outbox_sea_orm::{OutboxMigration, SqlStore, SqlStoreConfig, migrate};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
+};
 use sea_orm_migration::{MigrationTrait, SchemaManager};
 
 use common::{Backend, just, make_pre_partition_table, separate_connections, unique_table};
@@ -29,7 +32,8 @@ const TTL: Duration = Duration::from_secs(30);
 
 /// Runs one creator per connection, all released at once by a barrier: even ones call
 /// `create` (the one-call migration), odd ones run `migration` in a transaction (as the
-/// SeaORM migrator does on Postgres). Returns the errors.
+/// SeaORM migrator does on Postgres; on SQLite begun `IMMEDIATE`, which a caller's own
+/// transaction there must be: see `with_ddl_lock`). Returns the errors.
 async fn create_together<C, F>(dbs: &[DatabaseConnection], create: C, migration: Arc<dyn MigrationTrait>) -> Vec<String>
 where
     C: Fn(DatabaseConnection) -> F + Clone + Send + 'static,
@@ -43,7 +47,17 @@ where
             if i % 2 == 0 {
                 return create(db).await.map_err(|e| format!("create: {e}"));
             }
-            let txn = db.begin().await.map_err(|e| format!("begin: {e}"))?;
+            let txn = match db.get_database_backend() {
+                DbBackend::Sqlite => {
+                    let immediate = TransactionOptions {
+                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    };
+                    db.begin_with_options(immediate).await
+                }
+                _ => db.begin().await,
+            }
+            .map_err(|e| format!("begin: {e}"))?;
             migration.up(&SchemaManager::new(&txn)).await.map_err(|e| format!("up: {e}"))?;
             txn.commit().await.map_err(|e| format!("commit: {e}"))
         })

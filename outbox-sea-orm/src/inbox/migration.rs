@@ -76,15 +76,17 @@ impl MigrationTrait for InboxMigration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let dialect = Dialect::of(manager.get_database_backend()).map_err(|e| DbErr::Migration(e.to_string()))?;
         let conn = manager.get_connection();
-        if dialect != Dialect::Postgres {
-            // MySQL: one statement, which concurrent creators pass safely; SQLite: one writer.
+        if dialect == Dialect::MySql {
+            // One statement, which concurrent creators pass safely.
             for ddl in create_statements(dialect, &self.table) {
                 conn.execute_unprepared(&ddl).await?;
             }
             return Ok(());
         }
-        // Concurrent `CREATE … IF NOT EXISTS` of one name can fail on a catalog unique index
-        // (`pg_type_typname_nsp_index`), so creators of this table take turns.
+        // Postgres: concurrent `CREATE … IF NOT EXISTS` of one name can fail on a catalog
+        // unique index (`pg_type_typname_nsp_index`). SQLite: a transaction that read the
+        // schema cannot then take the write lock once another creator wrote (`SQLITE_BUSY`).
+        // So creators of this table take turns.
         let table = self.table.clone();
         with_ddl_lock(conn, dialect, &format!("{INBOX_DDL_LOCK}{table}"), move |txn| {
             Box::pin(async move {
@@ -108,7 +110,8 @@ impl MigrationTrait for InboxMigration {
 /// unversioned). Processes starting together may all call it: on Postgres the DDL runs in
 /// one transaction holding `pg_advisory_xact_lock` on a key derived from the table name
 /// (FNV-1a), since concurrent `CREATE … IF NOT EXISTS` there can fail on a catalog unique
-/// index; MySQL's single `CREATE TABLE IF NOT EXISTS` and SQLite's one writer need no lock.
+/// index; SQLite's in a `BEGIN IMMEDIATE` transaction (its write lock, taken before the
+/// first check); MySQL's single `CREATE TABLE IF NOT EXISTS` needs no lock.
 ///
 /// ```no_run
 /// # async fn run() -> outbox_core::Result<()> {
