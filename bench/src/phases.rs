@@ -87,6 +87,9 @@ impl<S: OutboxStore> OutboxStore for TimedStore<S> {
         self.phases.settles.fetch_add(1, Relaxed);
         done
     }
+    async fn release(&self, ids: &[MessageId], lease: &Lease) -> Result<()> {
+        self.inner.release(ids, lease).await
+    }
     async fn fail(&self, failures: &[Failure], lease: &Lease) -> Result<()> {
         self.inner.fail(failures, lease).await
     }

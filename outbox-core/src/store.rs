@@ -116,6 +116,11 @@ pub enum ReplaySelector {
 /// - A message is claimable only when it is pending, not under an unexpired claim, due
 ///   (`retry` time passed) and the **head of its key**: no earlier message with the same
 ///   key is pending or dead. Messages without a key are always head.
+/// - A claim by [`claim_due`](OutboxStore::claim_due) may also take the messages right
+///   after a head, a **run** of its key: the head and the next pending ones, consecutive,
+///   never one without every earlier pending message of its key. The relay publishes a run
+///   in order, one message per key at a time, and gives back ([`release`](OutboxStore::release))
+///   what follows a failure.
 /// - `complete` and `fail` only affect rows still claimed by the given lease.
 ///
 /// Transactional enqueue depends on the backend's transaction type, so adapters offer it as
@@ -138,9 +143,19 @@ pub trait OutboxStore: Send + Sync + Debug + 'static {
         Ok(ids.to_vec())
     }
 
-    /// Claims up to `limit` claimable messages, oldest first (fallback path). A message never
-    /// attempted must be at least `min_age` old; retries and expired claims need only be due.
+    /// Claims up to `limit` claimable messages, in `seq` order (fallback path), heads or runs
+    /// of their keys. A message never attempted must be at least `min_age` old; retries and
+    /// expired claims need only be due.
     async fn claim_due(&self, limit: usize, min_age: Duration, lease: &Lease) -> Result<Vec<OutboxMessage>>;
+
+    /// Gives back claimed messages that were not published (they follow a failed message of
+    /// their key in the same run), untouched: no attempt counted, claimable again at once.
+    /// The default does nothing, and their claims expire; a store whose claims return runs
+    /// should release them, so their key is not held up for a claim's ttl.
+    async fn release(&self, ids: &[MessageId], lease: &Lease) -> Result<()> {
+        let _ = (ids, lease);
+        Ok(())
+    }
 
     /// Marks published messages done (deleted or kept, per the store's [`Retention`]).
     /// Returns how many were still held by `lease`.

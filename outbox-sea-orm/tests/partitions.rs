@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use outbox_core::testkit::{Killable, eventually};
 use outbox_core::{
-    FallbackConfig, Lease, MemoryBus, MessageId, NewMessage, OutboxMessage, OutboxStore, Relay, RelayHandle,
+    Disposition, Failure, FallbackConfig, Lease, MemoryBus, MessageId, NewMessage, OutboxMessage, OutboxStore,
+    PublishOutcome, Relay, RelayHandle,
 };
 use outbox_sea_orm::schema::partition_of;
 use outbox_sea_orm::{SqlStore, migrate};
-use sea_orm::{ConnectionTrait, Statement};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use uuid::Uuid;
 
 use common::{Backend, make_pre_partition_table};
@@ -84,26 +85,116 @@ async fn relays_split_the_partitions_and_claim_only_their_own(store: SqlStore) {
             assert_eq!(o.get(&p), who.partition_owner().as_ref(), "{} claimed from a partition it does not hold", m.id);
         }
     }
-    // Every key's head, once; the keyless message to one of them.
+    // Every key's run (both of its messages, in order), once; the keyless one to either.
     let keys: HashSet<_> = got_a.iter().chain(&got_b).filter_map(|m| m.key.clone()).collect();
-    assert_eq!(keys.len(), 200, "each store claimed the heads of its keys");
-    assert_eq!(got_a.len() + got_b.len(), 201);
+    assert_eq!(keys.len(), 200, "each store claimed the runs of its keys");
+    assert_eq!(got_a.len() + got_b.len(), 401);
+    for got in [&got_a, &got_b] {
+        let keyed: Vec<OutboxMessage> = got.iter().filter(|m| m.key.is_some()).cloned().collect();
+        assert_eq!(check_key_order(&keyed, 200, keyed.len()), 0);
+    }
+}
+
+/// One store holding every partition, with a pending keyed backlog.
+async fn sole_owner(store: &SqlStore) -> SqlStore {
+    let s = peer(store);
+    let lease = Lease::new(Duration::from_secs(30));
+    eventually("one relay to hold every partition", Duration::from_secs(20), || async {
+        let _ = s.claim_ids(&[MessageId::new()], &lease).await.unwrap();
+        (held(&owners(store).await, &s) == 256).then_some(())
+    })
+    .await;
+    s
+}
+
+/// A sweep claims each key's head with the messages right after it, up to the first one that
+/// is not claimable now (here: backing off).
+async fn a_sweep_claims_runs_up_to_a_row_that_is_not_ready(store: SqlStore) {
+    let s = sole_owner(&store).await;
+    let ids = s.enqueue((0..4).map(|i| NewMessage::new("parts", i.to_string()).key("k")).collect()).await.unwrap();
+    let lease = Lease::new(Duration::from_secs(30));
+    let got = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids, "the whole run, in order");
+    // 0 published; 1 fails and backs off; 2 and 3 go back untouched.
+    s.complete(&ids[..1], &lease).await.unwrap();
+    let backoff = Disposition::RetryAfter(Duration::from_millis(300));
+    s.fail(&[Failure { id: ids[1], error: "flaky".into(), disposition: backoff }], &lease).await.unwrap();
+    s.release(&ids[2..], &lease).await.unwrap();
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.claimed), (3, 0));
+    assert!(s.claim_due(1000, Duration::ZERO, &Lease::new(TTL)).await.unwrap().is_empty(), "1 backs off, 2 waits");
+    let lease = Lease::new(Duration::from_secs(30));
+    let again = eventually("the retry to become due", Duration::from_secs(20), || async {
+        Some(s.claim_due(1000, Duration::ZERO, &lease).await.unwrap()).filter(|got| !got.is_empty())
+    })
+    .await;
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), ids[1..], "the retried head and its run");
+    assert_eq!((again[0].attempts, again[1].attempts), (1, 0), "a released message counts no attempt");
+}
+
+/// A planned row that the claim skipped (locked by another transaction since the read) cuts
+/// its key's run: the rows after it are given back at once, and the key resumes in order.
+async fn a_run_the_claim_cut_short_is_given_back(store: SqlStore) {
+    if Backend::of(store.connection()) == Backend::Sqlite {
+        return; // One writer: a transaction holding a row lock holds every claim.
+    }
+    let s = sole_owner(&store).await;
+    // A claim that finds something first, so Postgres holds the next one in a transaction.
+    let warm = s.enqueue(vec![NewMessage::new("parts", "warm-up")]).await.unwrap();
+    let lease = Lease::new(Duration::from_secs(30));
+    assert_eq!(s.claim_due(10, Duration::ZERO, &lease).await.unwrap().len(), 1);
+    s.complete(&warm, &lease).await.unwrap();
+
+    let ids = s.enqueue((0..3).map(|i| NewMessage::new("parts", i.to_string()).key("k")).collect()).await.unwrap();
+    let t = quoted(&store, &store.config().table);
+    let seqs: Vec<i64> = query(&store, format!("SELECT seq FROM {t} WHERE status = 0 ORDER BY seq"))
+        .await
+        .iter()
+        .map(|r| r.try_get_by_index(0).unwrap())
+        .collect();
+    let locker = store.connection().begin().await.unwrap();
+    let lock = format!("SELECT seq FROM {t} WHERE seq = {} FOR UPDATE", seqs[1]);
+    locker.query_all_raw(Statement::from_string(locker.get_database_backend(), lock)).await.unwrap();
+
+    let lease = Lease::new(Duration::from_secs(30));
+    let got = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..1], "the run up to the locked row");
+    assert_eq!(s.stats().await.unwrap().claimed, 1, "the row after the locked one was given back");
+    locker.rollback().await.unwrap();
+    s.complete(&ids[..1], &lease).await.unwrap();
+    let rest = s.claim_due(1000, Duration::ZERO, &Lease::new(TTL)).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), ids[1..], "then the rest, in order");
+}
+
+/// A relay whose bus fails some messages once: each failure gives back the rest of its run,
+/// and every key is still published in order, each message once.
+async fn failures_mid_run_keep_key_order(store: SqlStore) {
+    let (n, keys) = (600, 20);
+    let failed = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let seen = failed.clone();
+    let bus = Arc::new(MemoryBus::with_hook(move |m| {
+        let i: usize = std::str::from_utf8(&m.payload).ok()?.parse().ok()?;
+        (i % 7 == 3 && seen.lock().unwrap().insert(i)).then(|| PublishOutcome::Retryable("flaky".into()))
+    }));
+    let s = Arc::new(Killable::new(sole_owner(&store).await));
+    s.enqueue((0..n).map(|i| keyed(i, keys)).collect()).await.unwrap();
+    let r = relay(s.clone(), bus.clone());
+    eventually("the backlog to drain", Duration::from_secs(60), || async { (bus.len() >= n).then_some(()) }).await;
+    r.shutdown().await.unwrap();
+    assert_eq!(check_key_order(&bus.messages(), keys, n), 0, "no duplicates");
+    assert_eq!(failed.lock().unwrap().len(), n.div_ceil(7), "each failed once");
+    assert_eq!(s.stats().await.unwrap().pending, 0);
 }
 
 /// Sweeps that found only keyed rows skip the window sweep for rows without a partition; a
 /// keyless message enqueued after them is still claimed by the next sweep, whichever kind
 /// goes first.
 async fn keyless_rows_are_swept_after_keyed_only_sweeps(store: SqlStore) {
-    let s = peer(&store);
+    let s = sole_owner(&store).await;
     let lease = Lease::new(Duration::from_secs(30));
-    eventually("one relay to hold every partition", Duration::from_secs(20), || async {
-        let _ = s.claim_ids(&[MessageId::new()], &lease).await.unwrap();
-        (held(&owners(&store).await, &s) == 256).then_some(())
-    })
-    .await;
-    // Two rows per key: a sweep claims the heads, and the rest wait behind them.
-    s.enqueue((0..40).map(|i| keyed(i, 20)).collect()).await.unwrap();
-    let heads = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+    // Two rows per key: the heads are claimed by id, and the rest wait behind them.
+    let ids = s.enqueue((0..40).map(|i| keyed(i, 20)).collect()).await.unwrap();
+    let heads = s.claim_ids(&ids, &lease).await.unwrap();
     assert_eq!(heads.len(), 20);
     assert!(s.claim_due(1000, Duration::ZERO, &lease).await.unwrap().is_empty(), "the rest wait behind their heads");
     for round in 0..4 {
@@ -214,6 +305,9 @@ async fn migration_upgrades_a_table_from_before_partitions(store: SqlStore) {
 
 per_backend!(
     relays_split_the_partitions_and_claim_only_their_own,
+    a_sweep_claims_runs_up_to_a_row_that_is_not_ready,
+    a_run_the_claim_cut_short_is_given_back,
+    failures_mid_run_keep_key_order,
     keyless_rows_are_swept_after_keyed_only_sweeps,
     per_key_order_holds_while_partitions_move,
     migration_upgrades_a_table_from_before_partitions,

@@ -1,5 +1,6 @@
 //! One claimed batch: publish it, then complete, retry or dead-letter each message.
 
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,16 +112,21 @@ impl Pipeline {
         self.process_inner(engine, batch, lease).instrument(span).await
     }
 
-    async fn process_inner(&self, engine: Engine, batch: Vec<OutboxMessage>, lease: &Lease) {
+    async fn process_inner(&self, engine: Engine, mut batch: Vec<OutboxMessage>, lease: &Lease) {
         let started = Instant::now();
         let label = engine.as_str();
-        let outcomes = self.publish(&batch).await;
+        let outcomes = self.publish_runs(&mut batch).await;
 
         let mut delivered: Vec<MessageId> = Vec::with_capacity(batch.len());
         let mut failures: Vec<Failure> = Vec::new();
+        let mut held_back: Vec<MessageId> = Vec::new();
         let mut duplicates = 0u64;
         let (mut retried, mut dead) = (0u64, 0u64);
         for (msg, outcome) in batch.iter().zip(outcomes) {
+            let Some(outcome) = outcome else {
+                held_back.push(msg.id);
+                continue;
+            };
             match outcome {
                 PublishOutcome::Published => delivered.push(msg.id),
                 PublishOutcome::Duplicate => {
@@ -145,6 +151,14 @@ impl Pipeline {
             }
         }
 
+        // First, so that a store holding the claim in a transaction drops them from it
+        // before the settles below commit it.
+        if !held_back.is_empty() {
+            tracing::debug!(count = held_back.len(), "releasing messages behind a failed one of their key");
+            if let Err(e) = settle(|| self.store.release(&held_back, lease)).await {
+                self.stats.error("release", &e);
+            }
+        }
         if !delivered.is_empty() {
             match settle(|| self.store.complete(&delivered, lease)).await {
                 Ok(held) => {
@@ -193,12 +207,49 @@ impl Pipeline {
         self.claim_ttl / 2
     }
 
+    /// Publishes a batch in `seq` order that may hold runs of a key, one message per key at
+    /// a time: it is reordered into waves, the n-th message of each key in wave n (messages
+    /// without a key in the first), and each wave goes to the bus once the one before it is
+    /// acknowledged. A key whose message failed sends nothing more: its later messages get
+    /// no outcome (`None`), to be released. A batch of heads is one wave, one bus call.
+    async fn publish_runs(&self, batch: &mut Vec<OutboxMessage>) -> Vec<Option<PublishOutcome>> {
+        let deadline = tokio::time::Instant::now() + self.publish_deadline();
+        let waves = into_waves(batch);
+        if waves.len() <= 1 {
+            return self.publish(batch, deadline).await.into_iter().map(Some).collect();
+        }
+        let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; batch.len()];
+        let mut stopped: HashSet<String> = HashSet::new();
+        for wave in waves {
+            let stops = |m: &OutboxMessage| m.key.as_ref().is_some_and(|k| stopped.contains(k));
+            let live: Vec<usize> = wave.filter(|&i| !stops(&batch[i])).collect();
+            let published = match (live.first(), live.last()) {
+                (Some(&first), Some(&last)) if last - first + 1 == live.len() => {
+                    self.publish(&batch[first..=last], deadline).await
+                }
+                (Some(_), _) => {
+                    let some: Vec<OutboxMessage> = live.iter().map(|&i| batch[i].clone()).collect();
+                    self.publish(&some, deadline).await
+                }
+                (None, _) => continue,
+            };
+            for (i, outcome) in live.into_iter().zip(published) {
+                if !outcome.is_delivered()
+                    && let Some(key) = &batch[i].key
+                {
+                    stopped.insert(key.clone());
+                }
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+    }
+
     /// The bus's outcomes, one per message, whatever the bus does: a publish past the
     /// deadline is a retryable failure of the whole batch; a panicking bus is asked again
     /// message by message, so only the message it panics on fails (permanently: a panic is
     /// a bug, not weather).
-    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
-        let deadline = tokio::time::Instant::now() + self.publish_deadline();
+    async fn publish(&self, batch: &[OutboxMessage], deadline: tokio::time::Instant) -> Vec<PublishOutcome> {
         match self.publish_guarded(batch, deadline).await {
             Guarded::Done(outcomes) => outcomes,
             Guarded::Panicked(reason) if batch.len() == 1 => vec![panicked(&reason)],
@@ -253,6 +304,42 @@ impl Pipeline {
         tracing::debug!(id = %msg.id, attempt, %error, "publish failed");
         Failure { id: msg.id, error, disposition }
     }
+}
+
+/// Reorders `batch` (in `seq` order) into waves, stably: the n-th message of each key goes
+/// to wave n, messages without a key to the first. Returns each wave's index range.
+fn into_waves(batch: &mut Vec<OutboxMessage>) -> Vec<std::ops::Range<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let wave_of: Vec<usize> = batch
+        .iter()
+        .map(|m| match &m.key {
+            Some(key) => {
+                let n = seen.entry(key.as_str()).or_default();
+                *n += 1;
+                *n - 1
+            }
+            None => 0,
+        })
+        .collect();
+    let waves = wave_of.iter().max().map_or(0, |last| last + 1);
+    if waves > 1 {
+        let mut tagged: Vec<(usize, OutboxMessage)> = wave_of.iter().copied().zip(batch.drain(..)).collect();
+        tagged.sort_by_key(|(wave, _)| *wave);
+        batch.extend(tagged.into_iter().map(|(_, m)| m));
+    }
+    let mut sizes = vec![0usize; waves];
+    for w in wave_of {
+        sizes[w] += 1;
+    }
+    let mut start = 0;
+    sizes
+        .into_iter()
+        .map(|n| {
+            let range = start..start + n;
+            start += n;
+            range
+        })
+        .collect()
 }
 
 enum Guarded {

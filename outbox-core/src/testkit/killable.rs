@@ -64,6 +64,10 @@ impl<S: OutboxStore> OutboxStore for Killable<S> {
         self.alive()?;
         self.inner.complete(ids, lease).await
     }
+    async fn release(&self, ids: &[MessageId], lease: &Lease) -> Result<()> {
+        self.alive()?;
+        self.inner.release(ids, lease).await
+    }
     async fn fail(&self, failures: &[Failure], lease: &Lease) -> Result<()> {
         self.alive()?;
         self.inner.fail(failures, lease).await

@@ -171,6 +171,20 @@ impl SqlStore {
         }
     }
 
+    /// Gives back the rows of `ids` that `lease`'s open transaction holds: they leave the
+    /// claim untouched (its commit gives them no lease) and are free once it ends, at once if
+    /// they were all it held. Returns the ids it does not hold.
+    pub(crate) async fn release_held(&self, held: &HeldClaims, lease: &Lease, ids: &[MessageId]) -> Vec<MessageId> {
+        let Some(mut claim) = held.take(lease.token) else { return ids.to_vec() };
+        let rest: Vec<MessageId> = ids.iter().filter(|id| claim.open.remove(id).is_none()).copied().collect();
+        if !claim.open.is_empty() {
+            held.put(lease.token, claim);
+        } else if let Err(error) = claim.finish(held, "COMMIT").await {
+            tracing::debug!(%error, "a held claim ended as it was released; its rows are free again");
+        }
+        rest
+    }
+
     /// Warns when the session's `transaction_timeout` (Postgres 17 and later) would end held
     /// claims before their TTL, however busy they are: their rows would be freed mid-publish
     /// and published again. (`idle_in_transaction_session_timeout` cannot: each claim sets

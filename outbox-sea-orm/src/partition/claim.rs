@@ -1,23 +1,26 @@
 //! Claims of keyed messages from the partitions a store holds.
 //!
-//! No other relay claims from those partitions, so each key's head is the first pending row
-//! of its key among the first pending rows of its partition. A claim reads those few rows
-//! per partition (an index range each), keeps the first row of each key, and claims those
-//! that are claimable now. Rows behind an in-flight, backing-off or too-young head are never
-//! candidates, and the per-row head-of-key check runs only on the heads, where it rules out
-//! a dead letter (not pending, so not among the candidates) and rows enqueued without a
-//! partition (by a writer that predates partitions).
+//! No other relay claims from those partitions, so a key's first pending rows are its first
+//! rows among the first pending rows of its partition. A claim reads those few rows per
+//! partition (an index range each) and plans a **run** per key: its first rows, in `seq`
+//! order, up to the first one not claimable now. Keys in flight in this store, or whose
+//! head is backing off or too young, get none. It claims the runs in one statement, which
+//! checks each row's lease, partition and (the rows of a dead letter's key, or of a writer
+//! that predates partitions, are not among the candidates) that every earlier unfinished
+//! row of its key is in the plan. What the claim skipped (a row locked or claimed since the
+//! read) cuts its key's run there: the rows after it are released at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use outbox_core::message::{duration_millis, now_millis};
-use outbox_core::{Lease, OutboxMessage, Result, UnixMillis};
+use outbox_core::{Lease, MessageId, OutboxMessage, Result, UnixMillis};
 
 use crate::SqlStore;
 #[cfg(feature = "postgres")]
 use crate::sql::Dialect;
 use crate::sql::Query;
+use crate::store::decode::Row;
 use crate::store::pick::Pick;
 
 /// Partitions per candidate statement on MySQL and SQLite (one `UNION ALL` arm each;
@@ -25,7 +28,7 @@ use crate::store::pick::Pick;
 const PARTITIONS_PER_STATEMENT: usize = 200;
 
 impl SqlStore {
-    /// Claims up to `limit` keyed messages, heads of their keys, from the held partitions.
+    /// Claims up to `limit` keyed messages, runs of their keys, from the held partitions.
     pub(crate) async fn claim_keyed(
         &self,
         created_before: UnixMillis,
@@ -41,38 +44,53 @@ impl SqlStore {
             self.unpartitioned_pending.store(true, Ordering::Relaxed);
             return Ok(Vec::new());
         }
-        // Twice the batch, spread over the partitions: enough heads when keys are few per
-        // partition, and a bounded read when they are not.
-        let per_partition = (2 * limit).div_ceil(owned.len()).clamp(4, limit.max(4));
-        let (candidates, unpartitioned) = self.first_pending(&owned, per_partition).await?;
-        self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
+        // A quarter more than the batch, spread over the partitions (at least 4 each): enough
+        // heads when keys are many, some depth when they are few, and a bounded read. (Twice
+        // the batch read more and drained no faster.)
+        let per_partition = (5 * limit / 4).div_ceil(owned.len()).clamp(4, limit.max(4));
         let own = self.ownership.as_ref().expect("partitions are held");
-        let busy = own.keys_in_flight(now_millis());
-        let heads: Vec<i64> =
-            heads(candidates).into_iter().filter(|(_, key)| !busy.contains(key)).map(|(s, _)| s).collect();
-        if heads.is_empty() {
+        let claiming = own.claiming.lock().await;
+        let now = now_millis();
+        let (candidates, unpartitioned) = self.first_pending(&owned, per_partition, now, created_before).await?;
+        self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
+        let plan = Plan::new(candidates, &own.keys_in_flight(now), limit);
+        if plan.seqs.is_empty() {
             return Ok(Vec::new());
         }
-        // With every key's head free and few keys, one claim would take them all and leave
-        // nothing for the relay's other sweep workers until it settles: take half, so two
-        // batches overlap (one publishes while the other claims or settles).
-        let limit = if heads.len() >= limit { heads.len().div_ceil(2).min(limit) } else { limit };
-        // Heads under another claim or backing off drop out in the claim, which takes the
-        // oldest `limit` of the rest.
-        let claimed = self.claim(Pick::Heads { seqs: &heads, created_before, limit }, lease).await?;
+        let pick = Pick::Runs { seqs: &plan.seqs, created_before };
+        let (claimed, cut) = plan.split(self.claim_rows(pick, lease).await?);
+        let claimed: Vec<OutboxMessage> = claimed.into_iter().map(|r| r.message).collect();
         own.claimed(&claimed, now_millis().saturating_add(duration_millis(lease.ttl)));
+        drop(claiming);
+        if !cut.is_empty() {
+            let ids: Vec<MessageId> = cut.iter().map(|r| r.message.id).collect();
+            tracing::debug!(rows = ids.len(), "releasing rows whose run was cut by a concurrent claim");
+            self.release_claimed(&ids, lease).await?;
+        }
         Ok(claimed)
     }
 
-    /// The first `per_partition` pending rows of each of `partitions`, `(seq, key)`; and
-    /// whether a pending row without a partition exists (one more index probe in the same
-    /// round trip: a row with no `partition_no`).
-    async fn first_pending(&self, partitions: &[i32], per_partition: usize) -> Result<(Vec<(i64, String)>, bool)> {
+    /// The first `per_partition` pending rows of each of `partitions`, and whether a
+    /// pending row without a partition exists (one more index probe in the same round trip:
+    /// a row with no `partition_no`).
+    async fn first_pending(
+        &self,
+        partitions: &[i32],
+        per_partition: usize,
+        now: UnixMillis,
+        created_before: UnixMillis,
+    ) -> Result<(Vec<Candidate>, bool)> {
         let per = i64::try_from(per_partition).unwrap_or(i64::MAX);
         let mut found = Vec::new();
         let mut unpartitioned = false;
+        // Claimable now, as the claim will check it (the age rule of a sweep included).
+        let ready = format!(
+            "CASE WHEN available_at <= {now} AND (claimed_until IS NULL OR claimed_until <= {now}) \
+             AND (attempts > 0 OR claimed_until IS NOT NULL OR created_at <= {created_before}) THEN 1 ELSE 0 END"
+        );
+        let columns = format!("seq, msg_key, partition_no, {ready} AS ready");
         let probe = format!(
-            "SELECT seq, msg_key, partition_no FROM (SELECT seq, msg_key, partition_no FROM {} \
+            "SELECT seq, msg_key, partition_no, 0 AS ready FROM (SELECT seq, msg_key, partition_no FROM {} \
              WHERE partition_no IS NULL AND status = 0 ORDER BY seq LIMIT 1) unpartitioned",
             self.table
         );
@@ -80,9 +98,11 @@ impl SqlStore {
             #[cfg(feature = "postgres")]
             Dialect::Postgres => {
                 let mut q = Query::new(self.dialect);
-                q.push("SELECT x.seq, x.msg_key, x.partition_no FROM unnest(")
+                q.push("SELECT x.seq, x.msg_key, x.partition_no, x.ready FROM unnest(")
                     .bind(partitions.to_vec())
-                    .push("::int[]) AS o(p) CROSS JOIN LATERAL (SELECT w.seq, w.msg_key, w.partition_no FROM ")
+                    .push("::int[]) AS o(p) CROSS JOIN LATERAL (SELECT ")
+                    .push(&columns)
+                    .push(" FROM ")
                     .push(&self.table)
                     .push(" w WHERE w.partition_no = o.p AND w.status = 0 ORDER BY w.seq LIMIT ")
                     .bind(per)
@@ -102,7 +122,9 @@ impl SqlStore {
                         if i > 0 || n == 0 {
                             q.push(" UNION ALL ");
                         }
-                        q.push("SELECT seq, msg_key, partition_no FROM (SELECT seq, msg_key, partition_no FROM ")
+                        q.push("SELECT seq, msg_key, partition_no, ready FROM (SELECT ")
+                            .push(&columns)
+                            .push(" FROM ")
                             .push(&self.table)
                             .push(" WHERE partition_no = ")
                             .bind(*p)
@@ -122,9 +144,13 @@ impl SqlStore {
                     unpartitioned = true;
                     continue;
                 }
+                let ready = match row.try_get_by_index::<i32>(3) {
+                    Ok(flag) => flag != 0,
+                    Err(_) => row.try_get_by_index::<i64>(3).map_err(|e| self.db_err(e))? != 0,
+                };
                 // A keyed row always has a key; a row without one here is skipped, not claimed.
                 if let Ok(key) = row.try_get_by_index::<String>(1) {
-                    found.push((seq, key));
+                    found.push(Candidate { seq, key, ready });
                 }
             }
         }
@@ -132,21 +158,116 @@ impl SqlStore {
     }
 }
 
-/// The first row of each key among `candidates`, oldest first.
-fn heads(mut candidates: Vec<(i64, String)>) -> Vec<(i64, String)> {
-    candidates.sort_unstable_by_key(|(seq, _)| *seq);
-    let mut seen = HashSet::with_capacity(candidates.len());
-    candidates.into_iter().filter(|(_, key)| seen.insert(key.clone())).collect()
+/// A pending row of a held partition, as the candidate read found it.
+#[derive(Clone, Debug)]
+struct Candidate {
+    seq: i64,
+    key: String,
+    /// Claimable now: due, not under a live claim, old enough for the sweep.
+    ready: bool,
+}
+
+/// The rows a keyed claim asks for: runs of keys, taken breadth first up to the limit (every
+/// key's head, oldest first, then every key's second row, and so on), so that the batch
+/// spans as many keys, and as few publish waves, as the limit allows. A prefix of a run is a
+/// run.
+#[derive(Debug)]
+struct Plan {
+    /// The planned rows, ascending.
+    seqs: Vec<i64>,
+    /// Each planned row's key and place in its run.
+    place: HashMap<i64, (String, usize)>,
+}
+
+impl Plan {
+    fn new(mut candidates: Vec<Candidate>, in_flight: &HashSet<String>, limit: usize) -> Self {
+        candidates.sort_unstable_by_key(|c| c.seq);
+        // Keys in head order, each with its run so far and whether the run has ended.
+        let mut runs: Vec<(String, Vec<i64>, bool)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for c in candidates {
+            let i = *index.entry(c.key.clone()).or_insert_with(|| {
+                runs.push((c.key.clone(), Vec::new(), in_flight.contains(&c.key)));
+                runs.len() - 1
+            });
+            let (_, run, ended) = &mut runs[i];
+            if *ended || !c.ready {
+                *ended = true;
+            } else {
+                run.push(c.seq);
+            }
+        }
+        let mut seqs = Vec::with_capacity(limit);
+        let mut place = HashMap::with_capacity(limit);
+        let deepest = runs.iter().map(|(_, run, _)| run.len()).max().unwrap_or(0);
+        'depths: for depth in 0..deepest {
+            for (key, run, _) in &runs {
+                if seqs.len() == limit {
+                    break 'depths;
+                }
+                if let Some(&seq) = run.get(depth) {
+                    seqs.push(seq);
+                    place.insert(seq, (key.clone(), depth));
+                }
+            }
+        }
+        seqs.sort_unstable();
+        Self { seqs, place }
+    }
+
+    /// Splits claimed rows into those that keep their place, every row before them in their
+    /// run claimed too, and the rest (in runs that the claim cut short). Unplanned rows are
+    /// not kept.
+    fn split(&self, mut rows: Vec<Row>) -> (Vec<Row>, Vec<Row>) {
+        rows.sort_unstable_by_key(|r| r.seq);
+        let mut next: HashMap<&str, usize> = HashMap::new();
+        rows.into_iter().partition(|r| match self.place.get(&r.seq) {
+            Some((key, n)) => {
+                let next = next.entry(key.as_str()).or_default();
+                let keeps = *next == *n;
+                *next += usize::from(keeps);
+                keeps
+            }
+            None => false,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::heads;
+    use super::*;
+
+    fn candidate(seq: i64, key: &str, ready: bool) -> Candidate {
+        Candidate { seq, key: key.to_owned(), ready }
+    }
 
     #[test]
-    fn only_the_first_row_of_each_key_is_a_head() {
-        let rows = vec![(5, "b".to_owned()), (1, "a".to_owned()), (2, "a".to_owned()), (3, "c".to_owned())];
-        let seqs: Vec<i64> = heads(rows).into_iter().map(|(seq, _)| seq).collect();
-        assert_eq!(seqs, vec![1, 3, 5]);
+    fn a_plan_takes_every_key_s_head_before_any_second_row() {
+        let candidates = vec![
+            candidate(1, "a", true),
+            candidate(2, "a", true),
+            candidate(3, "a", true),
+            candidate(4, "b", true),
+            candidate(5, "c", true),
+            candidate(6, "c", true),
+        ];
+        let plan = Plan::new(candidates, &HashSet::new(), 4);
+        assert_eq!(plan.seqs, vec![1, 2, 4, 5], "heads a, b, c, then a's second row");
+        assert_eq!(plan.place[&2], ("a".to_owned(), 1));
+    }
+
+    #[test]
+    fn a_plan_stops_a_run_at_a_row_that_is_not_ready_and_skips_keys_in_flight() {
+        let candidates = vec![
+            candidate(1, "a", true),
+            candidate(2, "a", false),
+            candidate(3, "a", true),
+            candidate(4, "b", true),
+            candidate(5, "c", false),
+            candidate(6, "c", true),
+        ];
+        let in_flight: HashSet<String> = ["b".to_owned()].into();
+        let plan = Plan::new(candidates, &in_flight, 10);
+        assert_eq!(plan.seqs, vec![1], "a stops at 2; b is in flight; c's head is not ready");
     }
 }

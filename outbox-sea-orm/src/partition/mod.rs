@@ -62,6 +62,9 @@ pub(crate) struct Ownership {
     /// Keys of this store's unsettled keyed claims, by message: a sweep skips their heads
     /// without asking the database (they are in flight, or wait behind one that is).
     in_flight: std::sync::Mutex<HashMap<MessageId, (String, UnixMillis)>>,
+    /// Held by a keyed claim from its candidate read until its keys are in flight: two at
+    /// once would plan the same runs and take rows from each other's.
+    pub(crate) claiming: tokio::sync::Mutex<()>,
 }
 
 /// The partitions held, as of the last renewal.
@@ -88,6 +91,7 @@ impl Ownership {
             view: tokio::sync::Mutex::default(),
             relays: AtomicUsize::new(0),
             in_flight: std::sync::Mutex::default(),
+            claiming: tokio::sync::Mutex::default(),
         }
     }
 

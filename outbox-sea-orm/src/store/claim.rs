@@ -94,6 +94,11 @@ impl SqlStore {
     }
 
     pub(crate) async fn claim(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<OutboxMessage>> {
+        Ok(self.claim_rows(pick, lease).await?.into_iter().map(|r| r.message).collect())
+    }
+
+    /// [`claim`](Self::claim), the rows with their `seq`, ascending.
+    pub(crate) async fn claim_rows(&self, pick: Pick<'_>, lease: &Lease) -> Result<Vec<Row>> {
         let now = now_millis();
         #[cfg(feature = "postgres")]
         let held_rows = match &self.held {
@@ -107,7 +112,7 @@ impl SqlStore {
             None => self.claim_leased(pick, lease, now).await?,
         };
         rows.sort_by_key(|r| r.seq);
-        Ok(rows.into_iter().map(|r| r.message).collect())
+        Ok(rows)
     }
 
     /// A held claim saves a row version per message and, while a relay is busy, costs the
@@ -119,7 +124,7 @@ impl SqlStore {
     pub(crate) fn worth_holding(held: &HeldClaims, pick: Pick<'_>) -> bool {
         match pick {
             Pick::Ids(ids) => ids.len() >= HOLD_FROM_IDS,
-            Pick::Heads { .. } | Pick::Due { .. } => !held.idle(),
+            Pick::Runs { .. } | Pick::Due { .. } => !held.idle(),
         }
     }
 

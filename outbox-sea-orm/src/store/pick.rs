@@ -1,5 +1,6 @@
 //! Which rows a claim may take, as SQL: claimable (pending, due, not under a live claim),
-//! head of its key, and, for sweeps, within the window past the rows that are stuck.
+//! head of its key (or in a planned run of it), and, for sweeps, within the window past the
+//! rows that are stuck.
 
 use outbox_core::{MessageId, UnixMillis};
 
@@ -10,11 +11,11 @@ use crate::sql::{Dialect, Query, Tid};
 #[derive(Clone, Copy)]
 pub(crate) enum Pick<'a> {
     Ids(&'a [MessageId]),
-    /// Keyed rows of held partitions, by `seq`: the heads [`crate::partition`] found.
-    Heads {
+    /// Keyed rows of held partitions, by `seq`: the runs [`crate::partition`] planned. A
+    /// row's earlier unfinished rows of its key must all be among them.
+    Runs {
         seqs: &'a [i64],
         created_before: UnixMillis,
-        limit: usize,
     },
     /// Rows without a partition (all rows, with partitioning off).
     /// `window`: only rows whose `seq` is within this many of the sweep's start
@@ -27,7 +28,8 @@ pub(crate) enum Pick<'a> {
 }
 
 impl SqlStore {
-    /// `c` is claimable: pending, due, not under a live claim, and the head of its key; and
+    /// `c` is claimable: pending, due, not under a live claim, and the head of its key (for
+    /// runs: its earlier unfinished rows are all in the run); and
     /// not among `held`, rows this claim's own transaction already locked (its own locks do
     /// not make `SKIP LOCKED` skip them).
     pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[Tid]) {
@@ -37,7 +39,11 @@ impl SqlStore {
             .bind(now)
             .push(") AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
             .push(&self.table)
-            .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)))");
+            .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)");
+        if let Pick::Runs { seqs, .. } = pick {
+            q.push(" AND NOT (").i64_in("p.seq", seqs.iter().copied()).push(")");
+        }
+        q.push("))");
         #[cfg(feature = "postgres")]
         if !held.is_empty() {
             q.push(" AND NOT ").tid_in("c.ctid", held);
@@ -49,11 +55,10 @@ impl SqlStore {
                 q.push(" AND ").uuid_in("c.id", ids.iter().map(|id| id.as_uuid()));
                 self.push_held_partition(q, now);
             }
-            Pick::Heads { seqs, created_before, limit } => {
+            Pick::Runs { seqs, created_before } => {
                 q.push(" AND ").i64_in("c.seq", seqs.iter().copied());
                 Self::push_old_enough(q, created_before);
                 self.push_held_partition(q, now);
-                q.push(" ORDER BY c.seq LIMIT ").bind(limit_value(limit));
             }
             Pick::Due { created_before, limit, window } => {
                 if self.ownership.is_some() {

@@ -82,53 +82,19 @@ impl OutboxStore for SqlStore {
     }
 
     async fn complete(&self, ids: &[MessageId], lease: &Lease) -> Result<u64> {
-        if let Some(own) = &self.ownership {
-            own.settled(ids.iter().copied());
-        }
-        let now = now_millis();
-        let mut done = 0;
-        #[cfg(feature = "postgres")]
-        let rest = match &self.held {
-            Some(held) => {
-                let complete = |_: &[MessageId], tids: &[Tid]| self.complete_query(Rows::Tids(tids), None, now);
-                // Deleting takes no value but the `ctid`s; keeping published rows takes a time.
-                let prepared = match self.config.retention {
-                    Retention::Delete => Prepared::ByTids,
-                    Retention::KeepPublished => Prepared::No,
-                };
-                let (settled, rest) = self.settle_held(held, lease, ids, |id| *id, complete, prepared).await;
-                done += settled;
-                rest
-            }
-            None => ids.to_vec(),
-        };
-        #[cfg(not(feature = "postgres"))]
-        let rest = ids;
-        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT) {
-            done += self.execute(&self.db, self.complete_query(Rows::Ids(chunk), Some(lease), now)).await?;
-        }
-        Ok(done)
+        let done = self.complete_claimed(ids, lease).await;
+        self.forget_in_flight(ids.iter().copied());
+        done
+    }
+
+    async fn release(&self, ids: &[MessageId], lease: &Lease) -> Result<()> {
+        self.release_claimed(ids, lease).await
     }
 
     async fn fail(&self, failures: &[Failure], lease: &Lease) -> Result<()> {
-        if let Some(own) = &self.ownership {
-            own.settled(failures.iter().map(|f| f.id));
-        }
-        let now = now_millis();
-        #[cfg(feature = "postgres")]
-        let rest: Vec<Failure> = match &self.held {
-            Some(held) => {
-                let fail = |mine: &[Failure], _: &[Tid]| self.fail_query(mine, None, now);
-                self.settle_held(held, lease, failures, |f| f.id, fail, Prepared::No).await.1
-            }
-            None => failures.to_vec(),
-        };
-        #[cfg(not(feature = "postgres"))]
-        let rest = failures;
-        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT / 4) {
-            self.execute(&self.db, self.fail_query(chunk, Some(lease), now)).await?;
-        }
-        Ok(())
+        let failed = self.fail_claimed(failures, lease).await;
+        self.forget_in_flight(failures.iter().map(|f| f.id));
+        failed
     }
 
     async fn stats(&self) -> Result<OutboxStats> {
@@ -172,5 +138,85 @@ impl OutboxStore for SqlStore {
         {
             tracing::warn!(%error, "could not hand the partitions over; they move when their leases expire");
         }
+    }
+}
+
+impl SqlStore {
+    /// Gives back claimed rows untouched ([`OutboxStore::release`]): out of a held claim
+    /// without a statement, under a lease with one.
+    pub(crate) async fn release_claimed(&self, ids: &[MessageId], lease: &Lease) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let released = self.release_rows(ids, lease).await;
+        self.forget_in_flight(ids.iter().copied());
+        released
+    }
+
+    async fn release_rows(&self, ids: &[MessageId], lease: &Lease) -> Result<()> {
+        #[cfg(feature = "postgres")]
+        let rest = match &self.held {
+            Some(held) => self.release_held(held, lease, ids).await,
+            None => ids.to_vec(),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let rest = ids;
+        let now = now_millis();
+        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT) {
+            self.execute(&self.db, self.release_query(chunk, lease, now)).await?;
+        }
+        Ok(())
+    }
+
+    /// Settled rows leave the keys in flight once their statement is done (the rows of a
+    /// held claim stay locked until then): a claim in between would plan rows it cannot take.
+    fn forget_in_flight(&self, ids: impl IntoIterator<Item = MessageId>) {
+        if let Some(own) = &self.ownership {
+            own.settled(ids);
+        }
+    }
+
+    async fn complete_claimed(&self, ids: &[MessageId], lease: &Lease) -> Result<u64> {
+        let now = now_millis();
+        let mut done = 0;
+        #[cfg(feature = "postgres")]
+        let rest = match &self.held {
+            Some(held) => {
+                let complete = |_: &[MessageId], tids: &[Tid]| self.complete_query(Rows::Tids(tids), None, now);
+                // Deleting takes no value but the `ctid`s; keeping published rows takes a time.
+                let prepared = match self.config.retention {
+                    Retention::Delete => Prepared::ByTids,
+                    Retention::KeepPublished => Prepared::No,
+                };
+                let (settled, rest) = self.settle_held(held, lease, ids, |id| *id, complete, prepared).await;
+                done += settled;
+                rest
+            }
+            None => ids.to_vec(),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let rest = ids;
+        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT) {
+            done += self.execute(&self.db, self.complete_query(Rows::Ids(chunk), Some(lease), now)).await?;
+        }
+        Ok(done)
+    }
+
+    async fn fail_claimed(&self, failures: &[Failure], lease: &Lease) -> Result<()> {
+        let now = now_millis();
+        #[cfg(feature = "postgres")]
+        let rest: Vec<Failure> = match &self.held {
+            Some(held) => {
+                let fail = |mine: &[Failure], _: &[Tid]| self.fail_query(mine, None, now);
+                self.settle_held(held, lease, failures, |f| f.id, fail, Prepared::No).await.1
+            }
+            None => failures.to_vec(),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let rest = failures;
+        for chunk in rest.chunks(MAX_IDS_PER_STATEMENT / 4) {
+            self.execute(&self.db, self.fail_query(chunk, Some(lease), now)).await?;
+        }
+        Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! `complete` and `fail` as statements: by id under a lease, or by `ctid` in a held claim's
-//! transaction.
+//! `complete`, `fail` and `release` as statements: by id under a lease, or by `ctid` in a
+//! held claim's transaction.
 
 use outbox_core::message::duration_millis;
 use outbox_core::{Disposition, Failure, Lease, MessageId, Retention, UnixMillis};
@@ -38,6 +38,17 @@ impl SqlStore {
             Rows::Tids(tids) => q.tid_in("ctid", tids),
         };
         Self::push_held_by(&mut q, lease, now);
+        q
+    }
+
+    /// Gives back rows claimed under `lease` untouched: no attempt counted, claimable again.
+    pub(crate) fn release_query(&self, ids: &[MessageId], lease: &Lease, now: UnixMillis) -> Query {
+        let mut q = Query::new(self.dialect);
+        q.push("UPDATE ")
+            .push(&self.table)
+            .push(" SET claimed_until = NULL, claim_token = NULL WHERE ")
+            .uuid_in("id", ids.iter().map(|id| id.as_uuid()));
+        Self::push_held_by(&mut q, Some(lease), now);
         q
     }
 
