@@ -44,16 +44,17 @@ impl SqlStore {
             self.unpartitioned_pending.store(true, Ordering::Relaxed);
             return Ok(Vec::new());
         }
-        // A quarter more than the batch, spread over the partitions (at least 4 each): enough
-        // heads when keys are many, some depth when they are few, and a bounded read. (Twice
-        // the batch read more and drained no faster.)
-        let per_partition = (5 * limit / 4).div_ceil(owned.len()).clamp(4, limit.max(4));
         let own = self.ownership.as_ref().expect("partitions are held");
         let claiming = own.claiming.lock().await;
         let now = now_millis();
+        let (in_flight, rows_in_flight) = own.keys_in_flight(now);
+        // The rows in flight come first in their partitions: read past them, and a quarter
+        // more than the batch, spread over the partitions (at least 4 each): enough heads when
+        // keys are many, some depth when they are few, and a bounded read.
+        let per_partition = (limit.saturating_add(rows_in_flight) / 4 * 5).div_ceil(owned.len()).clamp(4, limit.max(4));
         let (candidates, unpartitioned) = self.first_pending(&owned, per_partition, now, created_before).await?;
         self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
-        let plan = Plan::new(candidates, &own.keys_in_flight(now), limit);
+        let plan = Plan::new(candidates, &in_flight, limit);
         if plan.seqs.is_empty() {
             return Ok(Vec::new());
         }

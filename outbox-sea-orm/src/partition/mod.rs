@@ -124,12 +124,12 @@ impl Ownership {
         }
     }
 
-    /// Keys with a live claim of this store; expired claims are dropped on the way (the
-    /// database decides about those).
-    pub(crate) fn keys_in_flight(&self, now: UnixMillis) -> HashSet<String> {
+    /// Keys with a live claim of this store, and how many messages those claims hold;
+    /// expired claims are dropped on the way (the database decides about those).
+    pub(crate) fn keys_in_flight(&self, now: UnixMillis) -> (HashSet<String>, usize) {
         let mut in_flight = self.in_flight();
         in_flight.retain(|_, (_, until)| *until > now);
-        in_flight.values().map(|(key, _)| key.clone()).collect()
+        (in_flight.values().map(|(key, _)| key.clone()).collect(), in_flight.len())
     }
 
     pub(crate) fn relay_started(&self) {
