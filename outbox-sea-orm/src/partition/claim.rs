@@ -48,10 +48,10 @@ impl SqlStore {
         let claiming = own.claiming.lock().await;
         let now = now_millis();
         let (in_flight, rows_in_flight) = own.keys_in_flight(now);
-        // The rows in flight come first in their partitions: read past them, and a quarter
-        // more than the batch, spread over the partitions (at least 4 each): enough heads when
-        // keys are many, some depth when they are few, and a bounded read.
-        let per_partition = (limit.saturating_add(rows_in_flight) / 4 * 5).div_ceil(owned.len()).clamp(4, limit.max(4));
+        // The rows in flight come first in their partitions: read past them, and twice the
+        // batch, spread over the partitions (at least 4 each): enough heads when keys are
+        // many, runs two deep or more when they are fewer than the batch, a bounded read.
+        let per_partition = (limit.saturating_add(rows_in_flight) * 2).div_ceil(owned.len()).clamp(4, limit.max(4));
         let (candidates, unpartitioned) = self.first_pending(&owned, per_partition, now, created_before).await?;
         self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
         let plan = Plan::new(candidates, &in_flight, limit);
@@ -170,8 +170,8 @@ struct Candidate {
 
 /// The rows a keyed claim asks for: runs of keys, taken breadth first up to the limit (every
 /// key's head, oldest first, then every key's second row, and so on), so that the batch
-/// spans as many keys, and as few publish waves, as the limit allows. A prefix of a run is a
-/// run.
+/// spans many keys and few publish waves; of fewer free keys than the limit, the oldest
+/// half-limit. A prefix of a run is a run.
 #[derive(Debug)]
 struct Plan {
     /// The planned rows, ascending.
@@ -197,6 +197,13 @@ impl Plan {
             } else {
                 run.push(c.seq);
             }
+        }
+        runs.retain(|(_, run, _)| !run.is_empty());
+        // Keys fewer than the batch: half a batch of them at most, deeper, so that a
+        // concurrent claim (the sweep's other worker) finds keys left to take. Taking every
+        // free key made the claims take turns instead of overlapping.
+        if runs.len() <= limit {
+            runs.truncate(limit.div_ceil(2));
         }
         let mut seqs = Vec::with_capacity(limit);
         let mut place = HashMap::with_capacity(limit);
@@ -244,17 +251,25 @@ mod tests {
 
     #[test]
     fn a_plan_takes_every_key_s_head_before_any_second_row() {
-        let candidates = vec![
-            candidate(1, "a", true),
-            candidate(2, "a", true),
-            candidate(3, "a", true),
-            candidate(4, "b", true),
-            candidate(5, "c", true),
-            candidate(6, "c", true),
-        ];
+        // Keys a to f, two rows each, in `seq` order a1 b1 … f1 a2 b2 … f2.
+        let keys = ["a", "b", "c", "d", "e", "f"];
+        let mut candidates: Vec<Candidate> = keys.iter().zip(1..).map(|(k, seq)| candidate(seq, k, true)).collect();
+        candidates.extend(keys.iter().zip(7..).map(|(k, seq)| candidate(seq, k, true)));
+        let plan = Plan::new(candidates.clone(), &HashSet::new(), 5);
+        assert_eq!(plan.seqs, vec![1, 2, 3, 4, 5], "more keys than the batch: heads only, oldest first");
+        let plan = Plan::new(candidates, &HashSet::new(), 8);
+        assert_eq!(plan.seqs, vec![1, 2, 3, 4, 7, 8, 9, 10], "4 keys (half of 8), two deep");
+        assert_eq!(plan.place[&8], ("b".to_owned(), 1));
+    }
+
+    #[test]
+    fn a_plan_over_fewer_keys_than_the_batch_leaves_half_of_them() {
+        let candidates: Vec<Candidate> =
+            (1..=40).map(|seq| candidate(seq, ["a", "b", "c", "d"][seq as usize % 4], true)).collect();
         let plan = Plan::new(candidates, &HashSet::new(), 4);
-        assert_eq!(plan.seqs, vec![1, 2, 4, 5], "heads a, b, c, then a's second row");
-        assert_eq!(plan.place[&2], ("a".to_owned(), 1));
+        let keys: HashSet<&str> = plan.seqs.iter().map(|s| plan.place[s].0.as_str()).collect();
+        assert_eq!(plan.seqs.len(), 4);
+        assert_eq!(keys, ["b", "c"].into(), "the two oldest heads, for half the batch, two deep");
     }
 
     #[test]
