@@ -84,31 +84,37 @@ impl SqlStore {
         let per = i64::try_from(per_partition).unwrap_or(i64::MAX);
         let mut found = Vec::new();
         let mut unpartitioned = false;
-        // Claimable now, as the claim will check it (the age rule of a sweep included).
-        let ready = format!(
-            "CASE WHEN available_at <= {now} AND (claimed_until IS NULL OR claimed_until <= {now}) \
-             AND (attempts > 0 OR claimed_until IS NOT NULL OR created_at <= {created_before}) THEN 1 ELSE 0 END"
-        );
-        let columns = format!("seq, msg_key, partition_no, {ready} AS ready");
+        // The columns the `ready` flag is computed from, once per statement.
+        let columns = "seq, msg_key, partition_no, available_at, claimed_until, attempts, created_at";
         let probe = format!(
-            "SELECT seq, msg_key, partition_no, 0 AS ready FROM (SELECT seq, msg_key, partition_no FROM {} \
+            "SELECT {columns} FROM (SELECT {columns} FROM {} \
              WHERE partition_no IS NULL AND status = 0 ORDER BY seq LIMIT 1) unpartitioned",
             self.table
         );
+        // Claimable now, as the claim will check it (the age rule of a sweep included).
+        let select_ready = |q: &mut Query| {
+            q.push("SELECT seq, msg_key, partition_no, CASE WHEN ");
+            Self::push_due_and_free(q, "", now);
+            q.push(" AND ");
+            Self::push_old_enough(q, "", created_before);
+            q.push(" THEN 1 ELSE 0 END FROM (");
+        };
         let statements: Vec<Query> = match self.dialect {
             #[cfg(feature = "postgres")]
             Dialect::Postgres => {
                 let mut q = Query::new(self.dialect);
-                q.push("SELECT x.seq, x.msg_key, x.partition_no, x.ready FROM unnest(")
+                select_ready(&mut q);
+                q.push("SELECT x.* FROM unnest(")
                     .bind(partitions.to_vec())
                     .push("::int[]) AS o(p) CROSS JOIN LATERAL (SELECT ")
-                    .push(&columns)
+                    .push(columns)
                     .push(" FROM ")
                     .push(&self.table)
                     .push(" w WHERE w.partition_no = o.p AND w.status = 0 ORDER BY w.seq LIMIT ")
                     .bind(per)
                     .push(") x UNION ALL ")
-                    .push(&probe);
+                    .push(&probe)
+                    .push(") candidates");
                 vec![q]
             }
             _ => partitions
@@ -116,6 +122,7 @@ impl SqlStore {
                 .enumerate()
                 .map(|(n, chunk)| {
                     let mut q = Query::new(self.dialect);
+                    select_ready(&mut q);
                     if n == 0 {
                         q.push(&probe);
                     }
@@ -123,8 +130,10 @@ impl SqlStore {
                         if i > 0 || n == 0 {
                             q.push(" UNION ALL ");
                         }
-                        q.push("SELECT seq, msg_key, partition_no, ready FROM (SELECT ")
-                            .push(&columns)
+                        q.push("SELECT ")
+                            .push(columns)
+                            .push(" FROM (SELECT ")
+                            .push(columns)
                             .push(" FROM ")
                             .push(&self.table)
                             .push(" WHERE partition_no = ")
@@ -134,6 +143,7 @@ impl SqlStore {
                             .push(") p")
                             .push(&i.to_string());
                     }
+                    q.push(") candidates");
                     q
                 })
                 .collect(),

@@ -33,11 +33,9 @@ impl SqlStore {
     /// not among `held`, rows this claim's own transaction already locked (its own locks do
     /// not make `SKIP LOCKED` skip them).
     pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[Tid]) {
-        q.push(" WHERE c.status = 0 AND c.available_at <= ")
-            .bind(now)
-            .push(" AND (c.claimed_until IS NULL OR c.claimed_until <= ")
-            .bind(now)
-            .push(") AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
+        q.push(" WHERE c.status = 0 AND ");
+        Self::push_due_and_free(q, "c.", now);
+        q.push(" AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
             .push(&self.table)
             .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)");
         if let Pick::Runs { seqs, .. } = pick {
@@ -57,14 +55,16 @@ impl SqlStore {
             }
             Pick::Runs { seqs, created_before } => {
                 q.push(" AND ").i64_in("c.seq", seqs.iter().copied());
-                Self::push_old_enough(q, created_before);
+                q.push(" AND ");
+                Self::push_old_enough(q, "c.", created_before);
                 self.push_held_partition(q, now);
             }
             Pick::Due { created_before, limit, window } => {
                 if self.ownership.is_some() {
                     q.push(" AND c.partition_no IS NULL");
                 }
-                Self::push_old_enough(q, created_before);
+                q.push(" AND ");
+                Self::push_old_enough(q, "c.", created_before);
                 match window {
                     // `lo` is where the window starts ([`SqlStore::push_window_start`]).
                     Some(len) if self.dialect == Dialect::Postgres => {
@@ -84,10 +84,30 @@ impl SqlStore {
         }
     }
 
-    /// A sweep's age rule: retries and expired claims need only be due, new rows must have
-    /// been created by `created_before`.
-    pub(crate) fn push_old_enough(q: &mut Query, created_before: UnixMillis) {
-        q.push(" AND (c.attempts > 0 OR c.claimed_until IS NOT NULL OR c.created_at <= ")
+    /// The row (its columns prefixed with `p`, such as `c.`) is due and under no live claim.
+    pub(crate) fn push_due_and_free(q: &mut Query, p: &str, now: UnixMillis) {
+        q.push(p)
+            .push("available_at <= ")
+            .bind(now)
+            .push(" AND (")
+            .push(p)
+            .push("claimed_until IS NULL OR ")
+            .push(p)
+            .push("claimed_until <= ")
+            .bind(now)
+            .push(")");
+    }
+
+    /// A sweep's age rule for the row (columns prefixed with `p`): retries and expired claims
+    /// need only be due, new rows must have been created by `created_before`.
+    pub(crate) fn push_old_enough(q: &mut Query, p: &str, created_before: UnixMillis) {
+        q.push("(")
+            .push(p)
+            .push("attempts > 0 OR ")
+            .push(p)
+            .push("claimed_until IS NOT NULL OR ")
+            .push(p)
+            .push("created_at <= ")
             .bind(created_before)
             .push(")");
     }
