@@ -31,12 +31,7 @@ async fn listener_alone_publishes_notified_messages() {
     let store = Arc::new(MemoryStore::new());
     let bus = Arc::new(MemoryBus::new());
     let notifier = Arc::new(ChannelNotifier::new(1024));
-    let relay = Relay::builder(store.clone(), bus.clone())
-        .notifier(notifier.clone())
-        .without_fallback()
-        .build()
-        .unwrap()
-        .spawn();
+    let relay = common::spawn_listener_only(store.clone(), bus.clone(), notifier.clone());
     // Few keys, many messages: successors often find their predecessor in flight in another
     // batch; without a fallback they must still go out (deferred and retried by the listener).
     for i in 0..300 {
@@ -178,6 +173,79 @@ impl Bus for GateBus {
         self.published.lock().unwrap().extend(batch.iter().map(|m| m.id));
         vec![PublishOutcome::Published; batch.len()]
     }
+}
+
+/// Holds the batch holding one payload in `publish` until released; publishes the rest at once.
+#[derive(Debug)]
+struct PayloadGateBus {
+    gated: &'static str,
+    entered: Notify,
+    gate: tokio::sync::Semaphore,
+    published: Mutex<Vec<OutboxMessage>>,
+}
+
+impl PayloadGateBus {
+    fn new(gated: &'static str) -> Self {
+        Self { gated, entered: Notify::new(), gate: tokio::sync::Semaphore::new(0), published: Mutex::new(Vec::new()) }
+    }
+    fn published_payloads(&self) -> Vec<String> {
+        self.published.lock().unwrap().iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect()
+    }
+}
+
+#[async_trait]
+impl Bus for PayloadGateBus {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
+        if batch.iter().any(|m| m.payload == self.gated.as_bytes()) {
+            self.entered.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+        }
+        self.published.lock().unwrap().extend(batch.iter().cloned());
+        vec![PublishOutcome::Published; batch.len()]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_waits_for_its_slow_head_however_much_else_the_listener_publishes_meanwhile() {
+    let store = Arc::new(CountingStore::default());
+    let bus = Arc::new(PayloadGateBus::new("slow 0"));
+    let notifier = Arc::new(ChannelNotifier::new(1024));
+    let relay = common::spawn_listener_only(store.clone(), bus.clone(), notifier.clone());
+    // The listener's start-up catch-up claims whatever is due until empty; it must be over, or
+    // it would claim the successor itself once the head is done.
+    eventually("the catch-up drain is over", WAIT, || async {
+        (store.due_claims_done.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    let head = store.enqueue(vec![NewMessage::new("t", "slow 0").key("slow")]).await.unwrap();
+    notifier.notify(&head).await;
+    tokio::time::timeout(WAIT, bus.entered.notified()).await.expect("the head's batch reached the bus");
+    let successor = store.enqueue(vec![NewMessage::new("t", "slow 1").key("slow")]).await.unwrap();
+    notifier.notify(&successor).await;
+    // Every message published meanwhile is progress that retries "slow 1"; each retry finds its
+    // head still in flight. Those retries are no sign of a dead head, so they must not use up
+    // the id's tries while the head's batch is still running.
+    for i in 0..20 {
+        let ids = store.enqueue(vec![NewMessage::new("t", format!("fast {i}")).key(format!("f{i}"))]).await.unwrap();
+        notifier.notify(&ids).await;
+        eventually("the fast message is published", WAIT, || async {
+            (bus.published_payloads().len() > i).then_some(())
+        })
+        .await;
+    }
+    bus.gate.add_permits(1);
+    eventually("the slow key's successor is published after its head", WAIT, || async {
+        let published = bus.published_payloads();
+        published.iter().any(|p| p == "slow 1").then_some(published)
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let retries = common::asked(&store)[&successor[0]];
+    assert!(retries > 5, "the successor was retried while its head was in flight ({retries} claims)");
+    let published = bus.published_payloads();
+    let position = |payload: &str| published.iter().position(|p| p == payload).expect("published");
+    assert!(position("slow 0") < position("slow 1"), "per-key order: {published:?}");
+    assert_eq!(published.len(), 22, "each message once: {published:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,12 +155,7 @@ async fn a_notice_stream_that_ends_after_one_notice_does_not_stop_the_listener()
     let store = Arc::new(MemoryStore::new());
     let bus = Arc::new(MemoryBus::new());
     let notifier = Arc::new(OneShotNotifier::default());
-    let relay = Relay::builder(store.clone(), bus.clone())
-        .notifier(notifier.clone())
-        .without_fallback()
-        .build()
-        .unwrap()
-        .spawn();
+    let relay = common::spawn_listener_only(store.clone(), bus.clone(), notifier.clone());
     for n in 1..=3 {
         let ids = store.enqueue(vec![NewMessage::new("t", format!("{n}"))]).await.unwrap();
         notifier.notify(&ids).await;
@@ -195,12 +190,7 @@ impl Notifier for DeadStreamNotifier {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubscribing_backs_off_when_every_stream_ends_at_once() {
     let notifier = Arc::new(DeadStreamNotifier::default());
-    let relay = Relay::builder(Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new()))
-        .notifier(notifier.clone())
-        .without_fallback()
-        .build()
-        .unwrap()
-        .spawn();
+    let relay = common::spawn_listener_only(Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new()), notifier.clone());
     eventually("a second subscription", WAIT, || async {
         (notifier.subscriptions.load(Ordering::SeqCst) >= 2).then_some(())
     })

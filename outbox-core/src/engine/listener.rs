@@ -1,6 +1,6 @@
 //! The listener: reads notices, coalesces them into batches and publishes at once.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,73 @@ struct Waiting {
     id: MessageId,
     since: Instant,
     tries: u8,
+    /// The newest of the listener's other batches in flight when a claim of this id last
+    /// failed: one of them may have held its key's head.
+    behind: Option<u64>,
 }
 
 impl Waiting {
     fn new(id: MessageId, now: Instant) -> Self {
-        Self { id, since: now, tries: 0 }
+        Self { id, since: now, tries: 0, behind: None }
+    }
+
+    /// The id could not be claimed again. The failure counts as a try only when its key's
+    /// head cannot be in one of this listener's batches: none is in flight, or every batch
+    /// that was in flight at the last failure has finished since.
+    fn failed_again(self, in_flight: &Batches) -> Self {
+        let head_may_be_ours = match (in_flight.oldest(), self.behind) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(oldest), Some(behind)) => oldest <= behind,
+        };
+        Self { tries: self.tries.saturating_add(u8::from(!head_may_be_ours)), behind: in_flight.newest(), ..self }
+    }
+}
+
+/// The listener's batch tasks, numbered in spawn order, so a deferred id can tell whether the
+/// batches that were in flight when it last failed have all finished.
+struct Batches {
+    tasks: JoinSet<TaskOutcome>,
+    numbers: HashMap<tokio::task::Id, u64>,
+    in_flight: BTreeSet<u64>,
+    next: u64,
+}
+
+impl Batches {
+    fn new() -> Self {
+        Self { tasks: JoinSet::new(), numbers: HashMap::new(), in_flight: BTreeSet::new(), next: 0 }
+    }
+
+    fn spawn(&mut self, task: impl std::future::Future<Output = TaskOutcome> + Send + 'static) {
+        let id = self.tasks.spawn(task).id();
+        self.numbers.insert(id, self.next);
+        self.in_flight.insert(self.next);
+        self.next += 1;
+    }
+
+    async fn join_next(&mut self) -> Option<Result<TaskOutcome, tokio::task::JoinError>> {
+        let done = self.tasks.join_next_with_id().await?;
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(n) = self.numbers.remove(&id) {
+            self.in_flight.remove(&n);
+        }
+        Some(done.map(|(_, outcome)| outcome))
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+    fn oldest(&self) -> Option<u64> {
+        self.in_flight.first().copied()
+    }
+    fn newest(&self) -> Option<u64> {
+        self.in_flight.last().copied()
     }
 }
 
@@ -46,7 +108,9 @@ struct TaskOutcome {
 /// the fallback (their key's head is dead, or another relay holds them).
 const MAX_IDLE_RETRIES: u8 = 8;
 
-/// Claims of one id after its first before the listener leaves it to the fallback.
+/// Failed claims of one id before the listener leaves it to the fallback, counting only those
+/// that prove its key's head is not in this listener's hands (see [`Waiting::failed_again`]):
+/// a successor waits as long as its head's batch runs, however much else goes out meanwhile.
 const MAX_TRIES: u8 = 4;
 
 /// Ids that could not be claimed yet, retried whenever another batch makes progress: a message
@@ -73,7 +137,8 @@ impl Deferred {
         }
     }
 
-    fn task_done(&mut self, done: Option<Result<TaskOutcome, tokio::task::JoinError>>, nothing_in_flight: bool) {
+    fn task_done(&mut self, done: Option<Result<TaskOutcome, tokio::task::JoinError>>, in_flight: &Batches) {
+        let nothing_in_flight = in_flight.is_empty();
         let outcome = match done {
             Some(Ok(outcome)) => outcome,
             Some(Err(e)) => {
@@ -84,8 +149,13 @@ impl Deferred {
         };
         let before = self.waiting.len() + outcome.leftover.len();
         let max_age = self.max_age;
-        self.waiting
-            .extend(outcome.leftover.into_iter().filter(|w| w.tries <= MAX_TRIES && w.since.elapsed() < max_age));
+        self.waiting.extend(
+            outcome
+                .leftover
+                .into_iter()
+                .map(|w| w.failed_again(in_flight))
+                .filter(|w| w.tries <= MAX_TRIES && w.since.elapsed() < max_age),
+        );
         let over = (self.waiting.len() + self.ready.len()).saturating_sub(self.capacity).min(self.waiting.len());
         self.waiting.drain(..over);
         let forgotten = before - self.waiting.len();
@@ -142,7 +212,7 @@ pub(crate) async fn run(
     config: ListenerConfig,
     cancel: CancellationToken,
 ) {
-    let mut tasks: JoinSet<TaskOutcome> = JoinSet::new();
+    let mut tasks = Batches::new();
     let mut deferred = Deferred::new(&config, pipeline.claim_ttl);
     let mut resubscribe_delay = Duration::ZERO;
     // Each (re)subscription starts with a catch-up: notices sent while unsubscribed are lost.
@@ -181,8 +251,7 @@ pub(crate) async fn run(
                 tokio::select! {
                     _ = cancel.cancelled() => break 'subscribe,
                     done = tasks.join_next(), if !tasks.is_empty() => {
-                        let idle = tasks.is_empty();
-                        deferred.task_done(done, idle);
+                        deferred.task_done(done, &tasks);
                         continue;
                     }
                     next = notices.next() => match read(&pipeline, next) {
@@ -233,8 +302,7 @@ pub(crate) async fn run(
                     tokio::select! {
                         _ = cancel.cancelled() => break 'subscribe,
                         done = tasks.join_next() => {
-                            let idle = tasks.is_empty();
-                            deferred.task_done(done, idle);
+                            deferred.task_done(done, &tasks);
                         }
                     }
                 }
@@ -300,8 +368,8 @@ async fn claim_ids_until_done(pipeline: &Pipeline, mut ids: Vec<Waiting>, cancel
     outcome
 }
 
-/// Those of `ids` still worth a claim by id, one try older: ids another relay published or
-/// holds (every relay hears every id from a fan-out notifier) are forgotten at once.
+/// Those of `ids` still worth a claim by id: ids another relay published or holds (every
+/// relay hears every id from a fan-out notifier) are forgotten at once.
 async fn still_retryable(pipeline: &Pipeline, ids: Vec<Waiting>, wanted: &[MessageId]) -> Vec<Waiting> {
     let retryable: HashSet<MessageId> = match pipeline.store.retryable_among(wanted).await {
         Ok(p) => p.into_iter().collect(),
@@ -310,10 +378,7 @@ async fn still_retryable(pipeline: &Pipeline, ids: Vec<Waiting>, wanted: &[Messa
             return Vec::new();
         }
     };
-    ids.into_iter()
-        .filter(|w| retryable.contains(&w.id))
-        .map(|w| Waiting { tries: w.tries.saturating_add(1), ..w })
-        .collect()
+    ids.into_iter().filter(|w| retryable.contains(&w.id)).collect()
 }
 
 /// Claims whatever is due (no minimum age) until nothing is left: the response to a

@@ -161,7 +161,10 @@ impl RelayBuilder {
         self.config.fallback = Some(config);
         self
     }
-    /// Switches the fallback off.
+    /// Switches the fallback off. Then nothing sweeps what the listener misses: messages whose
+    /// notice was dropped, that failed and wait for their retry, or that the listener stopped
+    /// retrying wait until the next start's catch-up. For tests, and for relays beside another
+    /// that runs the fallback.
     pub fn without_fallback(mut self) -> Self {
         self.config.fallback = None;
         self

@@ -2,13 +2,14 @@
 #![allow(unreachable_pub, dead_code)]
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::{
-    Failure, Lease, MemoryStore, MessageId, NewMessage, OutboxMessage, OutboxStats, OutboxStore, Result,
+    Bus, Failure, Lease, MemoryStore, MessageId, NewMessage, Notifier, OutboxMessage, OutboxStats, OutboxStore, Relay,
+    RelayHandle, Result,
 };
 
 /// A [`MemoryStore`] that counts claims: calls, and how often each id was asked for.
@@ -16,6 +17,8 @@ use outbox_core::{
 pub struct CountingStore {
     pub inner: MemoryStore,
     pub claims: AtomicUsize,
+    /// `claim_due` calls that have returned.
+    pub due_claims_done: AtomicUsize,
     pub asked: Mutex<HashMap<MessageId, usize>>,
 }
 
@@ -39,7 +42,9 @@ impl OutboxStore for CountingStore {
     }
     async fn claim_due(&self, n: usize, age: Duration, l: &Lease) -> Result<Vec<OutboxMessage>> {
         self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim_due(n, age, l).await
+        let claimed = self.inner.claim_due(n, age, l).await;
+        self.due_claims_done.fetch_add(1, Ordering::SeqCst);
+        claimed
     }
     async fn complete(&self, ids: &[MessageId], l: &Lease) -> Result<u64> {
         self.inner.complete(ids, l).await
@@ -55,4 +60,9 @@ impl OutboxStore for CountingStore {
 /// How often `store` was asked to claim each id so far.
 pub fn asked(store: &CountingStore) -> HashMap<MessageId, usize> {
     store.asked.lock().unwrap().clone()
+}
+
+/// A relay with its listener only: no fallback sweeps what the listener misses.
+pub fn spawn_listener_only(store: Arc<dyn OutboxStore>, bus: Arc<dyn Bus>, notifier: Arc<dyn Notifier>) -> RelayHandle {
+    Relay::builder(store, bus).notifier(notifier).without_fallback().build().unwrap().spawn()
 }
