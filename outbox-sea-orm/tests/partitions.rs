@@ -205,6 +205,36 @@ async fn keyless_rows_are_swept_after_keyed_only_sweeps(store: SqlStore) {
     }
 }
 
+/// A keyed row without a partition (written by a writer from before partitions, during a
+/// rolling upgrade) is its key's head: the key's partitioned rows wait behind it.
+async fn a_row_without_a_partition_holds_back_the_rest_of_its_key(store: SqlStore) {
+    let s = sole_owner(&store).await;
+    let t = quoted(&store, &store.config().table);
+    let old = s.enqueue(vec![NewMessage::new("parts", "old writer").key("k")]).await.unwrap();
+    let stmt = format!("UPDATE {t} SET partition_no = NULL");
+    store
+        .connection()
+        .execute_raw(Statement::from_string(store.connection().get_database_backend(), stmt))
+        .await
+        .unwrap();
+    let new = s.enqueue(vec![NewMessage::new("parts", "new writer").key("k")]).await.unwrap();
+    let lease = Lease::new(Duration::from_secs(30));
+    for sweep in 0..2 {
+        // Sweeps take turns at going first: keyed rows first, then the rest, or the other way.
+        let got = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+        assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), old, "sweep {sweep}: the old row, alone");
+        s.release(&old, &lease).await.unwrap();
+    }
+    let got = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+    s.complete(&ids_of(&got), &lease).await.unwrap();
+    let rest = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+    assert_eq!(ids_of(&rest), new, "then the partitioned row");
+}
+
+fn ids_of(messages: &[OutboxMessage]) -> Vec<MessageId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
 fn relay(store: Arc<Killable<SqlStore>>, bus: Arc<MemoryBus>) -> RelayHandle {
     let fallback =
         FallbackConfig::default().min_age(Duration::ZERO).interval(Duration::from_millis(20)).batch_size(100);
@@ -309,6 +339,7 @@ per_backend!(
     a_run_the_claim_cut_short_is_given_back,
     failures_mid_run_keep_key_order,
     keyless_rows_are_swept_after_keyed_only_sweeps,
+    a_row_without_a_partition_holds_back_the_rest_of_its_key,
     per_key_order_holds_while_partitions_move,
     migration_upgrades_a_table_from_before_partitions,
 );

@@ -5,10 +5,10 @@
 //! partition (an index range each) and plans a **run** per key: its first rows, in `seq`
 //! order, up to the first one not claimable now. Keys in flight in this store, or whose
 //! head is backing off or too young, get none. It claims the runs in one statement, which
-//! checks each row's lease, partition and (the rows of a dead letter's key, or of a writer
-//! that predates partitions, are not among the candidates) that every earlier unfinished
-//! row of its key is in the plan. What the claim skipped (a row locked or claimed since the
-//! read) cuts its key's run there: the rows after it are released at once.
+//! checks each row's lease and partition, and what the candidates cannot show: that no dead
+//! row comes earlier in its key (nor, while a writer from before partitions leaves rows
+//! without one, such a row). What the claim skipped (a row locked or claimed since the read)
+//! cuts its key's run there: the rows after it are released at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -45,24 +45,31 @@ impl SqlStore {
             return Ok(Vec::new());
         }
         let own = self.ownership.as_ref().expect("partitions are held");
-        let claiming = own.claiming.lock().await;
         let now = now_millis();
-        let (in_flight, rows_in_flight) = own.keys_in_flight(now);
+        let (_, rows_in_flight) = own.keys_in_flight(now);
         // The rows in flight come first in their partitions: read past them, and twice the
         // batch, spread over the partitions (at least 4 each): enough heads when keys are
         // many, runs two deep or more when they are fewer than the batch, a bounded read.
         let per_partition = (limit.saturating_add(rows_in_flight) * 2).div_ceil(owned.len()).clamp(4, limit.max(4));
         let (candidates, unpartitioned) = self.first_pending(&owned, per_partition, now, created_before).await?;
         self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
-        let plan = Plan::new(candidates, &in_flight, limit);
+        // Concurrent claims read at once but plan one at a time, each leaving out the keys
+        // the others planned: a stale candidate can only cost a cut run, never a wrong row.
+        let (plan, reserved) = {
+            let _planning = own.claiming.lock().await;
+            let (in_flight, _) = own.keys_in_flight(now);
+            let plan = Plan::new(candidates, &in_flight, limit);
+            let reserved = own.reserve(plan.keys());
+            (plan, reserved)
+        };
         if plan.seqs.is_empty() {
             return Ok(Vec::new());
         }
-        let pick = Pick::Runs { seqs: &plan.seqs, created_before };
+        let pick = Pick::Runs { seqs: &plan.seqs, created_before, unpartitioned };
         let (claimed, cut) = plan.split(self.claim_rows(pick, lease).await?);
         let claimed: Vec<OutboxMessage> = claimed.into_iter().map(|r| r.message).collect();
         own.claimed(&claimed, now_millis().saturating_add(duration_millis(lease.ttl)));
-        drop(claiming);
+        drop(reserved);
         if !cut.is_empty() {
             let ids: Vec<MessageId> = cut.iter().map(|r| r.message.id).collect();
             tracing::debug!(rows = ids.len(), "releasing rows whose run was cut by a concurrent claim");
@@ -231,6 +238,11 @@ impl Plan {
         }
         seqs.sort_unstable();
         Self { seqs, place }
+    }
+
+    /// The planned keys, each once.
+    fn keys(&self) -> HashSet<String> {
+        self.place.values().map(|(key, _)| key.clone()).collect()
     }
 
     /// Splits claimed rows into those that keep their place, every row before them in their

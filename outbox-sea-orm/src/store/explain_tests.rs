@@ -69,11 +69,15 @@ async fn claim_queries_use_indexes_on_a_large_table() {
         &[Tid { block: 0, offset: 1 }],
     );
     let held_ids = store.held_claim_query(Pick::Ids(&ids), now, &[]);
+    let seqs: Vec<i64> = (1..=1_000).collect();
+    let runs = Pick::Runs { seqs: &seqs, created_before: now, unpartitioned: false };
+    let held_runs = store.held_claim_query(runs, now, &[]);
     let plans = [
         ("leased claim_due", explain(&store, due).await),
         ("leased claim_ids", explain(&store, by_id).await),
         ("held claim_due", explain(&store, held_due).await),
         ("held claim_ids", explain(&store, held_ids).await),
+        ("held claim of runs", explain(&store, held_runs).await),
     ];
 
     store.db.execute_unprepared(&format!("DROP TABLE {}", store.table)).await.unwrap();
@@ -84,6 +88,10 @@ async fn claim_queries_use_indexes_on_a_large_table() {
         if name.ends_with("claim_due") {
             // Deleted rows not yet vacuumed lie below the oldest pending one.
             assert!(plan.contains("(seq >= "), "{name} does not start at the window's start:\n{plan}");
+        }
+        if name.ends_with("runs") {
+            // Each row's probe for a dead row earlier in its key reads the index of dead rows.
+            assert!(plan.contains(&format!("{table}_key_dead_idx")), "{name} probes past the dead rows:\n{plan}");
         }
     }
 }

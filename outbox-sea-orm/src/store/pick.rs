@@ -11,11 +11,14 @@ use crate::sql::{Dialect, Query, Tid};
 #[derive(Clone, Copy)]
 pub(crate) enum Pick<'a> {
     Ids(&'a [MessageId]),
-    /// Keyed rows of held partitions, by `seq`: the runs [`crate::partition`] planned. A
-    /// row's earlier unfinished rows of its key must all be among them.
+    /// Keyed rows of held partitions, by `seq`: the runs [`crate::partition`] planned from
+    /// the pending rows of those partitions, which only this store claims. What the plan
+    /// could not see is checked per row: no dead row comes earlier in its key, nor, while
+    /// `unpartitioned` rows are pending (a writer from before partitions), one of those.
     Runs {
         seqs: &'a [i64],
         created_before: UnixMillis,
+        unpartitioned: bool,
     },
     /// Rows without a partition (all rows, with partitioning off).
     /// `window`: only rows whose `seq` is within this many of the sweep's start
@@ -35,13 +38,15 @@ impl SqlStore {
     pub(crate) fn push_claimable(&self, q: &mut Query, now: UnixMillis, pick: Pick<'_>, held: &[Tid]) {
         q.push(" WHERE c.status = 0 AND ");
         Self::push_due_and_free(q, "c.", now);
-        q.push(" AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
-            .push(&self.table)
-            .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND p.status IN (0, 2)");
-        if let Pick::Runs { seqs, .. } = pick {
-            q.push(" AND NOT (").i64_in("p.seq", seqs.iter().copied()).push(")");
+        match pick {
+            Pick::Runs { unpartitioned, .. } => {
+                self.push_no_earlier(q, "p.status = 2");
+                if unpartitioned {
+                    self.push_no_earlier(q, "p.status = 0 AND p.partition_no IS NULL");
+                }
+            }
+            Pick::Ids(_) | Pick::Due { .. } => self.push_no_earlier(q, "p.status IN (0, 2)"),
         }
-        q.push("))");
         #[cfg(feature = "postgres")]
         if !held.is_empty() {
             q.push(" AND NOT ").tid_in("c.ctid", held);
@@ -53,7 +58,7 @@ impl SqlStore {
                 q.push(" AND ").uuid_in("c.id", ids.iter().map(|id| id.as_uuid()));
                 self.push_held_partition(q, now);
             }
-            Pick::Runs { seqs, created_before } => {
+            Pick::Runs { seqs, created_before, .. } => {
                 q.push(" AND ").i64_in("c.seq", seqs.iter().copied());
                 q.push(" AND ");
                 Self::push_old_enough(q, "c.", created_before);
@@ -82,6 +87,15 @@ impl SqlStore {
                 q.push(" ORDER BY c.seq LIMIT ").bind(limit_value(limit));
             }
         }
+    }
+
+    /// ` AND` no row of `c`'s key that comes before it matches `earlier` (on `p`).
+    fn push_no_earlier(&self, q: &mut Query, earlier: &str) {
+        q.push(" AND (c.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ")
+            .push(&self.table)
+            .push(" p WHERE p.msg_key = c.msg_key AND p.seq < c.seq AND ")
+            .push(earlier)
+            .push("))");
     }
 
     /// The row (its columns prefixed with `p`, such as `c.`) is due and under no live claim.
