@@ -45,23 +45,16 @@ impl SqlStore {
             return Ok(Vec::new());
         }
         let own = self.ownership.as_ref().expect("partitions are held");
+        let claiming = own.claiming.lock().await;
         let now = now_millis();
-        let (_, rows_in_flight) = own.keys_in_flight(now);
+        let (in_flight, rows_in_flight) = own.keys_in_flight(now);
         // The rows in flight come first in their partitions: read past them, and twice the
         // batch, spread over the partitions (at least 4 each): enough heads when keys are
         // many, runs two deep or more when they are fewer than the batch, a bounded read.
         let per_partition = (limit.saturating_add(rows_in_flight) * 2).div_ceil(owned.len()).clamp(4, limit.max(4));
         let (candidates, unpartitioned) = self.first_pending(&owned, per_partition, now, created_before).await?;
         self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
-        // Concurrent claims read at once but plan one at a time, each leaving out the keys
-        // the others planned: a stale candidate can only cost a cut run, never a wrong row.
-        let (plan, reserved) = {
-            let _planning = own.claiming.lock().await;
-            let (in_flight, _) = own.keys_in_flight(now);
-            let plan = Plan::new(candidates, &in_flight, limit);
-            let reserved = own.reserve(plan.keys());
-            (plan, reserved)
-        };
+        let plan = Plan::new(candidates, &in_flight, limit);
         if plan.seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -69,7 +62,7 @@ impl SqlStore {
         let (claimed, cut) = plan.split(self.claim_rows(pick, lease).await?);
         let claimed: Vec<OutboxMessage> = claimed.into_iter().map(|r| r.message).collect();
         own.claimed(&claimed, now_millis().saturating_add(duration_millis(lease.ttl)));
-        drop(reserved);
+        drop(claiming);
         if !cut.is_empty() {
             let ids: Vec<MessageId> = cut.iter().map(|r| r.message.id).collect();
             tracing::debug!(rows = ids.len(), "releasing rows whose run was cut by a concurrent claim");
@@ -238,11 +231,6 @@ impl Plan {
         }
         seqs.sort_unstable();
         Self { seqs, place }
-    }
-
-    /// The planned keys, each once.
-    fn keys(&self) -> HashSet<String> {
-        self.place.values().map(|(key, _)| key.clone()).collect()
     }
 
     /// Splits claimed rows into those that keep their place, every row before them in their

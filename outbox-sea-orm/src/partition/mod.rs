@@ -62,24 +62,9 @@ pub(crate) struct Ownership {
     /// Keys of this store's unsettled keyed claims, by message: a sweep skips their heads
     /// without asking the database (they are in flight, or wait behind one that is).
     in_flight: std::sync::Mutex<HashMap<MessageId, (String, UnixMillis)>>,
-    /// Held by a keyed claim while it plans: two at once would plan the same runs.
+    /// Held by a keyed claim from its candidate read until its keys are in flight: two at
+    /// once would plan the same runs and take rows from each other's.
     pub(crate) claiming: tokio::sync::Mutex<()>,
-    /// Keys planned by claims whose statement has not returned yet, by claim.
-    reserved: std::sync::Mutex<HashMap<u64, HashSet<String>>>,
-    next_reservation: std::sync::atomic::AtomicU64,
-}
-
-/// Keys a keyed claim planned, left out of other claims' plans until it is dropped (after
-/// the claimed rows are recorded as in flight).
-pub(crate) struct Reservation<'a> {
-    own: &'a Ownership,
-    id: u64,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.own.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
-    }
 }
 
 /// The partitions held, as of the last renewal.
@@ -107,8 +92,6 @@ impl Ownership {
             relays: AtomicUsize::new(0),
             in_flight: std::sync::Mutex::default(),
             claiming: tokio::sync::Mutex::default(),
-            reserved: std::sync::Mutex::default(),
-            next_reservation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -141,26 +124,12 @@ impl Ownership {
         }
     }
 
-    /// Keys with a live claim of this store or planned by a claim under way, and how many
-    /// messages the live claims hold; expired claims are dropped on the way (the database
-    /// decides about those).
+    /// Keys with a live claim of this store, and how many messages those claims hold;
+    /// expired claims are dropped on the way (the database decides about those).
     pub(crate) fn keys_in_flight(&self, now: UnixMillis) -> (HashSet<String>, usize) {
         let mut in_flight = self.in_flight();
         in_flight.retain(|_, (_, until)| *until > now);
-        let mut keys: HashSet<String> = in_flight.values().map(|(key, _)| key.clone()).collect();
-        let rows = in_flight.len();
-        drop(in_flight);
-        for planned in self.reserved.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            keys.extend(planned.iter().cloned());
-        }
-        (keys, rows)
-    }
-
-    /// Leaves `keys` out of other claims' plans until the reservation is dropped.
-    pub(crate) fn reserve(&self, keys: HashSet<String>) -> Reservation<'_> {
-        let id = self.next_reservation.fetch_add(1, Ordering::Relaxed);
-        self.reserved.lock().unwrap_or_else(|e| e.into_inner()).insert(id, keys);
-        Reservation { own: self, id }
+        (in_flight.values().map(|(key, _)| key.clone()).collect(), in_flight.len())
     }
 
     pub(crate) fn relay_started(&self) {
@@ -224,19 +193,5 @@ mod tests {
         }
         assert_eq!(fair_share(256, 3, 0), 86);
         assert_eq!(fair_share(256, 3, 2), 85);
-    }
-
-    #[test]
-    fn planned_keys_count_as_in_flight_until_the_claim_records_its_rows() {
-        let tables = LeaseTables { leases: "l".into(), relays: "r".into() };
-        let own = Ownership::new(256, Duration::from_secs(10), tables);
-        let planned = own.reserve(["a".to_owned(), "b".to_owned()].into());
-        let (keys, rows) = own.keys_in_flight(0);
-        assert_eq!((keys, rows), (["a".to_owned(), "b".to_owned()].into(), 0), "planned, no rows claimed yet");
-        let message = OutboxMessage::from_new(outbox_core::NewMessage::new("t", "x").key("a"), 0);
-        own.claimed(std::slice::from_ref(&message), 1_000);
-        drop(planned);
-        let (keys, rows) = own.keys_in_flight(0);
-        assert_eq!((keys, rows), (["a".to_owned()].into(), 1), "b was not claimed: free again");
     }
 }
