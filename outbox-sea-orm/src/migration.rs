@@ -113,6 +113,7 @@ impl MigrationTrait for OutboxMigration {
                     txn.execute_unprepared(&ddl).await?;
                 }
                 upgrade(txn, dialect, &table).await?;
+                check_partition_count(txn, dialect, &table, partitions).await?;
                 backfill_partitions(txn, dialect, &table, partitions).await
             })
         })
@@ -321,6 +322,60 @@ async fn has_column(conn: &impl ConnectionTrait, dialect: Dialect, table: &str, 
         Dialect::Sqlite => format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"),
     };
     Ok(conn.query_one_raw(sea_orm::Statement::from_string(dialect.backend(), q)).await?.is_some())
+}
+
+/// Refuses a partition count other than the one the table's partition leases were made for
+/// while keyed rows wait under them: a key would sit in two partitions, and claims, which
+/// trust the stored partition, would not keep its order. With no such rows, the leases are
+/// dropped, for the stores to make them again under the new count.
+async fn check_partition_count(
+    conn: &impl ConnectionTrait,
+    dialect: Dialect,
+    table: &str,
+    partitions: u16,
+) -> Result<(), DbErr> {
+    if partitions == 0 {
+        return Ok(()); // Partitioning off: every claim checks each row's key.
+    }
+    let leases = dialect.quote(&leases_table(table));
+    let made_for = partitions_made_for(conn, dialect, &leases).await?;
+    if made_for.is_none_or(|n| n == i64::from(partitions)) {
+        return Ok(());
+    }
+    let t = dialect.quote(table);
+    let waiting = format!("SELECT 1 FROM {t} WHERE partition_no IS NOT NULL AND status IN (0, 2) LIMIT 1");
+    if conn.query_one_raw(sea_orm::Statement::from_string(dialect.backend(), waiting)).await?.is_some() {
+        let error = partition_count_error(table, partitions, made_for.unwrap_or(0));
+        return Err(DbErr::Migration(format!("store.key_partitions {error}")));
+    }
+    conn.execute_unprepared(&format!("DELETE FROM {leases}")).await?;
+    Ok(())
+}
+
+/// The partition count the lease table `leases` (quoted) was made for (its highest
+/// partition, plus one); `None` when it is empty.
+pub(crate) async fn partitions_made_for(
+    conn: &impl ConnectionTrait,
+    dialect: Dialect,
+    leases: &str,
+) -> Result<Option<i64>, DbErr> {
+    let q = format!("SELECT MAX(partition_no) FROM {leases}");
+    let row = conn.query_one_raw(sea_orm::Statement::from_string(dialect.backend(), q)).await?;
+    let max: Option<i64> = match row {
+        Some(r) => r.try_get_by_index::<Option<i32>>(0).map(|m| m.map(i64::from)).or_else(|_| r.try_get_by_index(0))?,
+        None => None,
+    };
+    Ok(max.map(|m| m + 1))
+}
+
+/// Why a store or migration with `partitions` refuses a table made for `made_for`: the text
+/// after `store.key_partitions`.
+pub(crate) fn partition_count_error(table: &str, partitions: u16, made_for: i64) -> String {
+    format!(
+        "is {partitions}, but the partition leases of `{table}` were made for {made_for} partitions and \
+         keyed messages may wait under them: keep key_partitions = {made_for}, or drain the outbox \
+         (publish, replay or purge its keyed messages) and migrate with the new count before starting relays"
+    )
 }
 
 /// Gives pending and dead keyed rows without a partition theirs (rows of a table made

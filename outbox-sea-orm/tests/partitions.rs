@@ -231,6 +231,32 @@ async fn a_row_without_a_partition_holds_back_the_rest_of_its_key(store: SqlStor
     assert_eq!(ids_of(&rest), new, "then the partitioned row");
 }
 
+/// A partition count other than the one the table's leases were made for is refused while
+/// keyed messages wait (a key would sit in two partitions and lose its order); once they are
+/// published, the migration takes the new count.
+async fn a_changed_partition_count_is_refused_while_keyed_messages_wait(store: SqlStore) {
+    let s = sole_owner(&store).await;
+    let waiting = s.enqueue(vec![NewMessage::new("parts", "waits").key("k")]).await.unwrap();
+    let fewer = store.config().clone().key_partitions(128).partition_lease_ttl(TTL);
+    let err = migrate(store.connection(), &fewer).await.unwrap_err();
+    assert!(err.to_string().contains("store.key_partitions is 128, but the partition leases"), "{err}");
+    let other = SqlStore::new(store.connection().clone(), fewer.clone()).unwrap();
+    let lease = Lease::new(Duration::from_secs(30));
+    assert!(other.claim_due(1000, Duration::ZERO, &lease).await.unwrap().is_empty(), "it holds no partition");
+
+    let got = s.claim_due(1000, Duration::ZERO, &lease).await.unwrap();
+    assert_eq!(ids_of(&got), waiting);
+    s.complete(&waiting, &lease).await.unwrap();
+    migrate(store.connection(), &fewer).await.expect("with no keyed message waiting, the count may change");
+    let renumbered = SqlStore::new(store.connection().clone(), fewer).unwrap();
+    let next = renumbered.enqueue(vec![NewMessage::new("parts", "next").key("k")]).await.unwrap();
+    let got = eventually("the store with the new count to claim", Duration::from_secs(20), || async {
+        Some(renumbered.claim_due(1000, Duration::ZERO, &lease).await.unwrap()).filter(|got| !got.is_empty())
+    })
+    .await;
+    assert_eq!(ids_of(&got), next);
+}
+
 fn ids_of(messages: &[OutboxMessage]) -> Vec<MessageId> {
     messages.iter().map(|m| m.id).collect()
 }
@@ -340,6 +366,7 @@ per_backend!(
     failures_mid_run_keep_key_order,
     keyless_rows_are_swept_after_keyed_only_sweeps,
     a_row_without_a_partition_holds_back_the_rest_of_its_key,
+    a_changed_partition_count_is_refused_while_keyed_messages_wait,
     per_key_order_holds_while_partitions_move,
     migration_upgrades_a_table_from_before_partitions,
 );

@@ -1,12 +1,14 @@
 //! The partition leases: renewing a store's hold, rebalancing it to a fair share, and
 //! handing it over when the last relay on the store stops.
 
-use outbox_core::Result;
 use outbox_core::message::now_millis;
+use outbox_core::{Error, Result};
+use sea_orm::TransactionTrait;
 use tokio::sync::MutexGuard;
 
 use super::{Ownership, View, fair_share};
 use crate::SqlStore;
+use crate::migration::{partition_count_error, partitions_made_for};
 use crate::sql::{Dialect, Query};
 
 /// Lease rows written per `INSERT` when seeding (SQLite caps compound statements).
@@ -96,18 +98,22 @@ impl SqlStore {
     }
 
     /// Creates the lease row of every partition that has none (the migration creates the
-    /// table; the rows follow the store's partition count).
+    /// table; the rows follow the store's partition count), all in one transaction, so that a
+    /// table's lease rows always show the count they were made for. A table made for another
+    /// count is refused: its keyed messages wait until the counts agree (the migration
+    /// explains what to do).
     async fn seed_partitions(&self, own: &Ownership) -> Result<()> {
-        let mut q = Query::new(self.dialect);
-        q.push("SELECT COUNT(*) FROM ")
-            .push(&own.leases_table)
-            .push(" WHERE partition_no < ")
-            .bind(i32::from(own.partitions));
-        let rows = self.fetch(&self.db, q).await?;
-        let have = rows.first().and_then(|r| r.try_get_by_index::<i64>(0).ok()).unwrap_or(0);
-        if have >= i64::from(own.partitions) {
-            return Ok(());
+        let made_for =
+            partitions_made_for(&self.db, self.dialect, &own.leases_table).await.map_err(|e| self.db_err(e))?;
+        match made_for {
+            Some(n) if n == i64::from(own.partitions) => return Ok(()),
+            Some(n) => {
+                let reason = partition_count_error(&self.config.table, own.partitions, n);
+                return Err(Error::config("store.key_partitions", reason));
+            }
+            None => {}
         }
+        let txn = self.db.begin().await.map_err(|e| self.db_err(e))?;
         let all: Vec<u16> = (0..own.partitions).collect();
         for chunk in all.chunks(SEED_ROWS_PER_INSERT) {
             let values: Vec<String> = chunk.iter().map(|p| format!("({p}, 0, 0)")).collect();
@@ -122,9 +128,9 @@ impl SqlStore {
                 .push(" (partition_no, epoch, lease_until) VALUES ")
                 .push(&values.join(", "))
                 .push(tail);
-            self.execute(&self.db, q).await?;
+            self.execute(&txn, q).await?;
         }
-        Ok(())
+        txn.commit().await.map_err(|e| self.db_err(e))
     }
 
     fn upsert_relay(&self, own: &Ownership, until: i64) -> Query {
