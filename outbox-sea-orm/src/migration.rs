@@ -113,6 +113,10 @@ impl MigrationTrait for OutboxMigration {
                     txn.execute_unprepared(&ddl).await?;
                 }
                 upgrade(txn, dialect, &table).await?;
+                // Partitioning off: every claim checks each row's key, whatever the partitions.
+                if partitions == 0 {
+                    return Ok(());
+                }
                 check_partition_count(txn, dialect, &table, partitions).await?;
                 backfill_partitions(txn, dialect, &table, partitions).await
             })
@@ -334,18 +338,15 @@ async fn check_partition_count(
     table: &str,
     partitions: u16,
 ) -> Result<(), DbErr> {
-    if partitions == 0 {
-        return Ok(()); // Partitioning off: every claim checks each row's key.
-    }
     let leases = dialect.quote(&leases_table(table));
-    let made_for = partitions_made_for(conn, dialect, &leases).await?;
-    if made_for.is_none_or(|n| n == i64::from(partitions)) {
+    let Some(made_for) = partitions_made_for(conn, dialect, &leases).await? else { return Ok(()) };
+    if made_for == i64::from(partitions) {
         return Ok(());
     }
     let t = dialect.quote(table);
     let waiting = format!("SELECT 1 FROM {t} WHERE partition_no IS NOT NULL AND status IN (0, 2) LIMIT 1");
     if conn.query_one_raw(sea_orm::Statement::from_string(dialect.backend(), waiting)).await?.is_some() {
-        let error = partition_count_error(table, partitions, made_for.unwrap_or(0));
+        let error = partition_count_error(table, partitions, made_for);
         return Err(DbErr::Migration(format!("store.key_partitions {error}")));
     }
     conn.execute_unprepared(&format!("DELETE FROM {leases}")).await?;
@@ -386,9 +387,6 @@ async fn backfill_partitions(
     table: &str,
     partitions: u16,
 ) -> Result<(), DbErr> {
-    if partitions == 0 {
-        return Ok(());
-    }
     let t = dialect.quote(table);
     let mut total = 0u64;
     loop {

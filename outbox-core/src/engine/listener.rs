@@ -1,6 +1,6 @@
 //! The listener: reads notices, coalesces them into batches and publishes at once.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,20 +52,19 @@ impl Waiting {
 /// batches that were in flight when it last failed have all finished.
 struct Batches {
     tasks: JoinSet<TaskOutcome>,
+    /// The number of each batch in flight (at most `concurrency` of them).
     numbers: HashMap<tokio::task::Id, u64>,
-    in_flight: BTreeSet<u64>,
     next: u64,
 }
 
 impl Batches {
     fn new() -> Self {
-        Self { tasks: JoinSet::new(), numbers: HashMap::new(), in_flight: BTreeSet::new(), next: 0 }
+        Self { tasks: JoinSet::new(), numbers: HashMap::new(), next: 0 }
     }
 
     fn spawn(&mut self, task: impl std::future::Future<Output = TaskOutcome> + Send + 'static) {
         let id = self.tasks.spawn(task).id();
         self.numbers.insert(id, self.next);
-        self.in_flight.insert(self.next);
         self.next += 1;
     }
 
@@ -75,9 +74,7 @@ impl Batches {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        if let Some(n) = self.numbers.remove(&id) {
-            self.in_flight.remove(&n);
-        }
+        self.numbers.remove(&id);
         Some(done.map(|(_, outcome)| outcome))
     }
 
@@ -88,10 +85,10 @@ impl Batches {
         self.tasks.is_empty()
     }
     fn oldest(&self) -> Option<u64> {
-        self.in_flight.first().copied()
+        self.numbers.values().min().copied()
     }
     fn newest(&self) -> Option<u64> {
-        self.in_flight.last().copied()
+        self.numbers.values().max().copied()
     }
 }
 
