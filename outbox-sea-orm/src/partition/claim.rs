@@ -16,11 +16,13 @@ use std::sync::atomic::Ordering;
 use outbox_core::message::{duration_millis, now_millis};
 use outbox_core::{Lease, MessageId, OutboxMessage, Result, UnixMillis};
 
+use super::KeyId;
 use crate::SqlStore;
 #[cfg(feature = "postgres")]
 use crate::sql::Dialect;
 use crate::sql::Query;
 use crate::store::decode::Row;
+use crate::store::limit_value;
 use crate::store::pick::Pick;
 
 /// Partitions per candidate statement on MySQL and SQLite (one `UNION ALL` arm each;
@@ -48,11 +50,19 @@ impl SqlStore {
         let claiming = own.claiming.lock().await;
         let now = now_millis();
         let (in_flight, rows_in_flight) = own.keys_in_flight(now);
-        // The rows in flight come first in their partitions: read past them, and twice the
-        // batch, spread over the partitions (at least 4 each): enough heads when keys are
-        // many, runs two deep or more when they are fewer than the batch, a bounded read.
-        let per_partition = (limit.saturating_add(rows_in_flight) * 2).div_ceil(owned.len()).clamp(4, limit.max(4));
-        let (candidates, unpartitioned) = self.first_pending(&owned, per_partition, now, created_before).await?;
+        // The rows in flight come first in their keys: read past them, and twice the batch
+        // (at least 4 rows a partition when read apart): enough heads when keys are many,
+        // runs two deep or more when they are fewer than the batch, a bounded read. Read in
+        // `seq` order, the held rows would be read past keyless ones pending (by the index
+        // of all pending rows); those were not there at the last probe.
+        let rows = limit.saturating_add(rows_in_flight).saturating_mul(2);
+        let all_held = owned.len() == usize::from(own.partitions);
+        let read = if all_held && !self.unpartitioned_pending.load(Ordering::Relaxed) {
+            Read::Oldest(rows.clamp(4, limit.max(4).saturating_mul(owned.len())))
+        } else {
+            Read::EachPartition(rows.div_ceil(owned.len()).clamp(4, limit.max(4)))
+        };
+        let (candidates, unpartitioned) = self.first_pending(&owned, read, now, created_before).await?;
         self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
         let plan = Plan::new(candidates, &in_flight, limit);
         if plan.seqs.is_empty() {
@@ -71,19 +81,47 @@ impl SqlStore {
         Ok(claimed)
     }
 
-    /// The first `per_partition` pending rows of each of `partitions`, and whether a
-    /// pending row without a partition exists (one more index probe in the same round trip:
-    /// a row with no `partition_no`).
+    /// The first pending rows of `partitions`, as `read` says, and whether a pending row
+    /// without a partition exists (one more index probe in the same round trip: a row with no
+    /// `partition_no`).
     async fn first_pending(
         &self,
         partitions: &[i32],
-        per_partition: usize,
+        read: Read,
         now: UnixMillis,
         created_before: UnixMillis,
     ) -> Result<(Vec<Candidate>, bool)> {
-        let per = i64::try_from(per_partition).unwrap_or(i64::MAX);
         let mut found = Vec::new();
         let mut unpartitioned = false;
+        for q in self.candidate_reads(partitions, read, now, created_before) {
+            for row in self.fetch(&self.db, q).await? {
+                let seq = row.try_get_by_index::<i64>(0).map_err(|e| self.db_err(e))?;
+                if row.try_get_by_index::<Option<i32>>(2).map_err(|e| self.db_err(e))?.is_none() {
+                    unpartitioned = true;
+                    continue;
+                }
+                let ready = match row.try_get_by_index::<i32>(3) {
+                    Ok(flag) => flag != 0,
+                    Err(_) => row.try_get_by_index::<i64>(3).map_err(|e| self.db_err(e))? != 0,
+                };
+                // A keyed row always has a key; a row without one here is skipped, not claimed.
+                if let Ok(key) = row.try_get_by_index::<String>(1) {
+                    found.push(Candidate { seq, key: KeyId::of(&key), ready });
+                }
+            }
+        }
+        Ok((found, unpartitioned))
+    }
+
+    /// The statements of [`first_pending`](Self::first_pending): `seq`, `msg_key`,
+    /// `partition_no` and a `ready` flag per row.
+    pub(crate) fn candidate_reads(
+        &self,
+        partitions: &[i32],
+        read: Read,
+        now: UnixMillis,
+        created_before: UnixMillis,
+    ) -> Vec<Query> {
         // The columns the `ready` flag is computed from, once per statement.
         let columns = "seq, msg_key, partition_no, available_at, claimed_until, attempts, created_at";
         let probe = format!(
@@ -99,9 +137,25 @@ impl SqlStore {
             Self::push_old_enough(q, "", created_before);
             q.push(" THEN 1 ELSE 0 END FROM (");
         };
-        let statements: Vec<Query> = match self.dialect {
+        let statements = match (read, self.dialect) {
+            (Read::Oldest(rows), _) => {
+                let mut q = Query::new(self.dialect);
+                select_ready(&mut q);
+                q.push(&probe)
+                    .push(" UNION ALL SELECT ")
+                    .push(columns)
+                    .push(" FROM (SELECT ")
+                    .push(columns)
+                    .push(" FROM ")
+                    .push(&self.table)
+                    .push(" WHERE status = 0 AND partition_no IS NOT NULL ORDER BY seq LIMIT ")
+                    .bind(limit_value(rows))
+                    .push(") held) candidates");
+                vec![q]
+            }
             #[cfg(feature = "postgres")]
-            Dialect::Postgres => {
+            (Read::EachPartition(per), Dialect::Postgres) => {
+                let per = limit_value(per);
                 let mut q = Query::new(self.dialect);
                 select_ready(&mut q);
                 q.push("SELECT x.* FROM unnest(")
@@ -117,7 +171,7 @@ impl SqlStore {
                     .push(") candidates");
                 vec![q]
             }
-            _ => partitions
+            (Read::EachPartition(per), _) => partitions
                 .chunks(PARTITIONS_PER_STATEMENT)
                 .enumerate()
                 .map(|(n, chunk)| {
@@ -139,7 +193,7 @@ impl SqlStore {
                             .push(" WHERE partition_no = ")
                             .bind(*p)
                             .push(" AND status = 0 ORDER BY seq LIMIT ")
-                            .bind(per)
+                            .bind(limit_value(per))
                             .push(") p")
                             .push(&i.to_string());
                     }
@@ -148,32 +202,27 @@ impl SqlStore {
                 })
                 .collect(),
         };
-        for q in statements {
-            for row in self.fetch(&self.db, q).await? {
-                let seq = row.try_get_by_index::<i64>(0).map_err(|e| self.db_err(e))?;
-                if row.try_get_by_index::<Option<i32>>(2).map_err(|e| self.db_err(e))?.is_none() {
-                    unpartitioned = true;
-                    continue;
-                }
-                let ready = match row.try_get_by_index::<i32>(3) {
-                    Ok(flag) => flag != 0,
-                    Err(_) => row.try_get_by_index::<i64>(3).map_err(|e| self.db_err(e))? != 0,
-                };
-                // A keyed row always has a key; a row without one here is skipped, not claimed.
-                if let Ok(key) = row.try_get_by_index::<String>(1) {
-                    found.push(Candidate { seq, key, ready });
-                }
-            }
-        }
-        Ok((found, unpartitioned))
+        statements
     }
+}
+
+/// How a keyed claim reads the first pending rows of the partitions it holds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Read {
+    /// This many, oldest first, of every partition at once: the store holds them all. One
+    /// range of the index of pending rows, in `seq` order, so the rows lie on few heap pages;
+    /// a key's first rows among them are its first pending rows.
+    Oldest(usize),
+    /// This many of each partition (an index range each): the rows of a few partitions are
+    /// spread over the table, but reading them together would read the others' too.
+    EachPartition(usize),
 }
 
 /// A pending row of a held partition, as the candidate read found it.
 #[derive(Clone, Debug)]
 struct Candidate {
     seq: i64,
-    key: String,
+    key: KeyId,
     /// Claimable now: due, not under a live claim, old enough for the sweep.
     ready: bool,
 }
@@ -187,18 +236,18 @@ struct Plan {
     /// The planned rows, ascending.
     seqs: Vec<i64>,
     /// Each planned row's key and place in its run.
-    place: HashMap<i64, (String, usize)>,
+    place: HashMap<i64, (KeyId, usize)>,
 }
 
 impl Plan {
-    fn new(mut candidates: Vec<Candidate>, in_flight: &HashSet<String>, limit: usize) -> Self {
+    fn new(mut candidates: Vec<Candidate>, in_flight: &HashSet<KeyId>, limit: usize) -> Self {
         candidates.sort_unstable_by_key(|c| c.seq);
         // Keys in head order, each with its run so far and whether the run has ended.
-        let mut runs: Vec<(String, Vec<i64>, bool)> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut runs: Vec<(KeyId, Vec<i64>, bool)> = Vec::new();
+        let mut index: HashMap<KeyId, usize> = HashMap::with_capacity(candidates.len());
         for c in candidates {
-            let i = *index.entry(c.key.clone()).or_insert_with(|| {
-                runs.push((c.key.clone(), Vec::new(), in_flight.contains(&c.key)));
+            let i = *index.entry(c.key).or_insert_with(|| {
+                runs.push((c.key, Vec::new(), in_flight.contains(&c.key)));
                 runs.len() - 1
             });
             let (_, run, ended) = &mut runs[i];
@@ -225,7 +274,7 @@ impl Plan {
                 }
                 if let Some(&seq) = run.get(depth) {
                     seqs.push(seq);
-                    place.insert(seq, (key.clone(), depth));
+                    place.insert(seq, (*key, depth));
                 }
             }
         }
@@ -238,10 +287,10 @@ impl Plan {
     /// not kept.
     fn split(&self, mut rows: Vec<Row>) -> (Vec<Row>, Vec<Row>) {
         rows.sort_unstable_by_key(|r| r.seq);
-        let mut next: HashMap<&str, usize> = HashMap::new();
+        let mut next: HashMap<KeyId, usize> = HashMap::with_capacity(self.place.len());
         rows.into_iter().partition(|r| match self.place.get(&r.seq) {
             Some((key, n)) => {
-                let next = next.entry(key.as_str()).or_default();
+                let next = next.entry(*key).or_default();
                 let keeps = *next == *n;
                 *next += usize::from(keeps);
                 keeps
@@ -256,7 +305,7 @@ mod tests {
     use super::*;
 
     fn candidate(seq: i64, key: &str, ready: bool) -> Candidate {
-        Candidate { seq, key: key.to_owned(), ready }
+        Candidate { seq, key: KeyId::of(key), ready }
     }
 
     #[test]
@@ -269,7 +318,7 @@ mod tests {
         assert_eq!(plan.seqs, vec![1, 2, 3, 4, 5], "more keys than the batch: heads only, oldest first");
         let plan = Plan::new(candidates, &HashSet::new(), 8);
         assert_eq!(plan.seqs, vec![1, 2, 3, 4, 7, 8, 9, 10], "4 keys (half of 8), two deep");
-        assert_eq!(plan.place[&8], ("b".to_owned(), 1));
+        assert_eq!(plan.place[&8], (KeyId::of("b"), 1));
     }
 
     #[test]
@@ -277,9 +326,9 @@ mod tests {
         let candidates: Vec<Candidate> =
             (1..=40).map(|seq| candidate(seq, ["a", "b", "c", "d"][seq as usize % 4], true)).collect();
         let plan = Plan::new(candidates, &HashSet::new(), 4);
-        let keys: HashSet<&str> = plan.seqs.iter().map(|s| plan.place[s].0.as_str()).collect();
+        let keys: HashSet<KeyId> = plan.seqs.iter().map(|s| plan.place[s].0).collect();
         assert_eq!(plan.seqs.len(), 4);
-        assert_eq!(keys, ["b", "c"].into(), "the two oldest heads, for half the batch, two deep");
+        assert_eq!(keys, [KeyId::of("b"), KeyId::of("c")].into(), "the two oldest heads, for half the batch, two deep");
     }
 
     #[test]
@@ -292,7 +341,7 @@ mod tests {
             candidate(5, "c", false),
             candidate(6, "c", true),
         ];
-        let in_flight: HashSet<String> = ["b".to_owned()].into();
+        let in_flight: HashSet<KeyId> = [KeyId::of("b")].into();
         let plan = Plan::new(candidates, &in_flight, 10);
         assert_eq!(plan.seqs, vec![1], "a stops at 2; b is in flight; c's head is not ready");
     }

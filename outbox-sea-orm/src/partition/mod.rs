@@ -16,7 +16,7 @@
 //! row's partition, so a relay whose lease lapsed cannot claim from it; every settle checks
 //! the row's own claim token as before. A partition's `epoch` counts its hand-overs.
 
-mod claim;
+pub(crate) mod claim;
 mod leases;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +45,22 @@ pub fn partition_of(key: &str, partitions: u16) -> i32 {
     (hash % u32::from(partitions.max(1))) as i32
 }
 
+/// A key as a keyed claim plans with it: a 64-bit hash, so that planning copies no
+/// strings. Two keys of one hash are planned as one key: a run may then take the other key's
+/// rows too, in `seq` order, or wait while the other is in flight; neither publishes a key out
+/// of order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KeyId(u64);
+
+impl KeyId {
+    /// FNV-1a (64 bit) of the key's UTF-8 bytes.
+    pub(crate) fn of(key: &str) -> Self {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        Self(key.bytes().fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME)))
+    }
+}
+
 /// One store's hold on partitions, shared by its clones.
 #[derive(Debug)]
 pub(crate) struct Ownership {
@@ -61,7 +77,7 @@ pub(crate) struct Ownership {
     relays: AtomicUsize,
     /// Keys of this store's unsettled keyed claims, by message: a sweep skips their heads
     /// without asking the database (they are in flight, or wait behind one that is).
-    in_flight: std::sync::Mutex<HashMap<MessageId, (String, UnixMillis)>>,
+    in_flight: std::sync::Mutex<HashMap<MessageId, (KeyId, UnixMillis)>>,
     /// Held by a keyed claim from its candidate read until its keys are in flight: two at
     /// once would plan the same runs and take rows from each other's.
     pub(crate) claiming: tokio::sync::Mutex<()>,
@@ -99,7 +115,7 @@ impl Ownership {
         duration_millis(self.ttl)
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, (String, UnixMillis)>> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, (KeyId, UnixMillis)>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -108,7 +124,7 @@ impl Ownership {
         let mut in_flight = self.in_flight();
         for m in messages {
             if let Some(key) = &m.key {
-                in_flight.insert(m.id, (key.clone(), until));
+                in_flight.insert(m.id, (KeyId::of(key), until));
             }
         }
     }
@@ -126,10 +142,10 @@ impl Ownership {
 
     /// Keys with a live claim of this store, and how many messages those claims hold;
     /// expired claims are dropped on the way (the database decides about those).
-    pub(crate) fn keys_in_flight(&self, now: UnixMillis) -> (HashSet<String>, usize) {
+    pub(crate) fn keys_in_flight(&self, now: UnixMillis) -> (HashSet<KeyId>, usize) {
         let mut in_flight = self.in_flight();
         in_flight.retain(|_, (_, until)| *until > now);
-        (in_flight.values().map(|(key, _)| key.clone()).collect(), in_flight.len())
+        (in_flight.values().map(|(key, _)| *key).collect(), in_flight.len())
     }
 
     pub(crate) fn relay_started(&self) {

@@ -13,6 +13,7 @@ use super::SqlStore;
 use super::claim::SWEEP_WINDOW;
 use super::pick::Pick;
 use crate::SqlStoreConfig;
+use crate::partition::claim::Read;
 use crate::sql::{Query, Tid};
 
 const VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
@@ -41,8 +42,10 @@ async fn claim_queries_use_indexes_on_a_large_table() {
 
     // 10 % keyless, the rest over 5,000 keys; 1 % dead letters.
     let fill = format!(
-        "INSERT INTO {t} (id, topic, msg_key, payload, headers, status, attempts, created_at, available_at) \
+        "INSERT INTO {t} (id, topic, msg_key, partition_no, payload, headers, status, attempts, created_at, \
+         available_at) \
          SELECT gen_random_uuid(), 'bench', CASE WHEN g % 10 = 0 THEN NULL ELSE 'key-' || (g % 5000) END, \
+         CASE WHEN g % 10 = 0 THEN NULL ELSE g % 5000 % 256 END, \
          '\\x00'::bytea, '{{}}', CASE WHEN g % 100 = 0 THEN 2 ELSE 0 END, 0, {now} - {ROWS} + g, {now} - {ROWS} + g \
          FROM generate_series(1, {ROWS}) AS g",
         t = store.table,
@@ -72,7 +75,12 @@ async fn claim_queries_use_indexes_on_a_large_table() {
     let seqs: Vec<i64> = (1..=1_000).collect();
     let runs = Pick::Runs { seqs: &seqs, created_before: now, unpartitioned: false };
     let held_runs = store.held_claim_query(runs, now, &[]);
+    let all: Vec<i32> = (0..256).collect();
+    let [oldest] = <[Query; 1]>::try_from(store.candidate_reads(&all, Read::Oldest(4_000), now, now)).unwrap();
+    let [each] = <[Query; 1]>::try_from(store.candidate_reads(&all[..64], Read::EachPartition(63), now, now)).unwrap();
     let plans = [
+        ("candidate read, oldest first", explain(&store, oldest).await),
+        ("candidate read, each partition", explain(&store, each).await),
         ("leased claim_due", explain(&store, due).await),
         ("leased claim_ids", explain(&store, by_id).await),
         ("held claim_due", explain(&store, held_due).await),
@@ -84,6 +92,18 @@ async fn claim_queries_use_indexes_on_a_large_table() {
     for (name, plan) in plans {
         // (The lease table is small enough that a scan of it is the cheapest plan.)
         assert!(!plan.contains(&format!("Seq Scan on {table} ")), "{name} scans the whole table:\n{plan}");
+        if name.starts_with("candidate read") {
+            // In `seq` order through an index of it (here, most rows pending, the primary
+            // key does as well as the index of pending rows), with no sort; per partition
+            // through the partitions' index.
+            if name.ends_with("first") {
+                assert!(!plan.contains("Sort"), "{name} sorts:\n{plan}");
+                assert!(plan.contains("_pkey") || plan.contains("status_seq_idx"), "{name}:\n{plan}");
+            } else {
+                assert!(plan.contains(&format!("{table}_part_idx")), "{name} does not read part_idx:\n{plan}");
+            }
+            continue;
+        }
         assert!(plan.contains("SKIP LOCKED") || plan.contains("LockRows"), "{name}:\n{plan}");
         if name.ends_with("claim_due") {
             // Deleted rows not yet vacuumed lie below the oldest pending one.
