@@ -50,12 +50,9 @@ impl SqlStore {
         let claiming = own.claiming.lock().await;
         let now = now_millis();
         let (in_flight, rows_in_flight) = own.keys_in_flight(now);
-        // The rows in flight come first in their keys: read past them, and twice the batch
-        // (at least 4 rows a partition when read apart): enough heads when keys are many,
-        // runs two deep or more when they are fewer than the batch, a bounded read. Read in
-        // `seq` order, the held rows would be read past keyless ones pending (by the index
-        // of all pending rows); those were not there at the last probe.
-        let rows = limit.saturating_add(rows_in_flight).saturating_mul(2);
+        // Read in `seq` order, the held rows would be read past keyless ones pending (by the
+        // index of all pending rows); those were not there at the last probe.
+        let rows = own.candidate_rows(limit, rows_in_flight);
         let all_held = owned.len() == usize::from(own.partitions);
         let read = if all_held && !self.unpartitioned_pending.load(Ordering::Relaxed) {
             Read::Oldest(rows.clamp(4, limit.max(4).saturating_mul(owned.len())))
@@ -64,7 +61,11 @@ impl SqlStore {
         };
         let (candidates, unpartitioned) = self.first_pending(&owned, read, now, created_before).await?;
         self.unpartitioned_pending.store(unpartitioned, Ordering::Relaxed);
+        let (asked, read_rows) = (read.rows(owned.len()), candidates.len());
         let plan = Plan::new(candidates, &in_flight, limit);
+        if read_rows >= asked {
+            own.candidates_used(read_rows, rows_in_flight, plan.usable);
+        }
         if plan.seqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -137,7 +138,7 @@ impl SqlStore {
             Self::push_old_enough(q, "", created_before);
             q.push(" THEN 1 ELSE 0 END FROM (");
         };
-        let statements = match (read, self.dialect) {
+        match (read, self.dialect) {
             (Read::Oldest(rows), _) => {
                 let mut q = Query::new(self.dialect);
                 select_ready(&mut q);
@@ -201,8 +202,7 @@ impl SqlStore {
                     q
                 })
                 .collect(),
-        };
-        statements
+        }
     }
 }
 
@@ -216,6 +216,16 @@ pub(crate) enum Read {
     /// This many of each partition (an index range each): the rows of a few partitions are
     /// spread over the table, but reading them together would read the others' too.
     EachPartition(usize),
+}
+
+impl Read {
+    /// The rows the read asks for, over `partitions` held partitions.
+    fn rows(self, partitions: usize) -> usize {
+        match self {
+            Self::Oldest(rows) => rows,
+            Self::EachPartition(per) => per.saturating_mul(partitions),
+        }
+    }
 }
 
 /// A pending row of a held partition, as the candidate read found it.
@@ -237,6 +247,8 @@ struct Plan {
     seqs: Vec<i64>,
     /// Each planned row's key and place in its run.
     place: HashMap<i64, (KeyId, usize)>,
+    /// The rows the plan could have taken with no limit: its keys' runs, whole.
+    usable: usize,
 }
 
 impl Plan {
@@ -264,6 +276,7 @@ impl Plan {
         if runs.len() <= limit {
             runs.truncate(limit.div_ceil(2));
         }
+        let usable = runs.iter().map(|(_, run, _)| run.len()).sum();
         let mut seqs = Vec::with_capacity(limit);
         let mut place = HashMap::with_capacity(limit);
         let deepest = runs.iter().map(|(_, run, _)| run.len()).max().unwrap_or(0);
@@ -279,7 +292,7 @@ impl Plan {
             }
         }
         seqs.sort_unstable();
-        Self { seqs, place }
+        Self { seqs, place, usable }
     }
 
     /// Splits claimed rows into those that keep their place, every row before them in their

@@ -81,6 +81,9 @@ pub(crate) struct Ownership {
     /// Held by a keyed claim from its candidate read until its keys are in flight: two at
     /// once would plan the same runs and take rows from each other's.
     pub(crate) claiming: tokio::sync::Mutex<()>,
+    /// Candidate rows read, past those in flight, per row the plan could take, in
+    /// thousandths, as of the last full read; 0 before one.
+    read_per_usable: AtomicUsize,
 }
 
 /// The partitions held, as of the last renewal.
@@ -108,7 +111,32 @@ impl Ownership {
             relays: AtomicUsize::new(0),
             in_flight: std::sync::Mutex::default(),
             claiming: tokio::sync::Mutex::default(),
+            read_per_usable: AtomicUsize::new(0),
         }
+    }
+
+    /// How many pending rows a keyed claim of `limit` reads, `in_flight` rows of this store
+    /// in flight. The rows in flight come first in their keys, and keys in flight give
+    /// nothing: read past them, then a quarter more than the last read needed per row the
+    /// plan took. Before a full read, and while nothing was free: twice the batch past them.
+    /// Reading too little costs a short claim, which the next read corrects.
+    pub(crate) fn candidate_rows(&self, limit: usize, in_flight: usize) -> usize {
+        let wanted = limit.saturating_add(in_flight);
+        match self.read_per_usable.load(Ordering::Relaxed) {
+            0 => wanted.saturating_mul(2),
+            per => in_flight.saturating_add(limit.saturating_mul(per).saturating_mul(5).div_ceil(4_000)),
+        }
+        .clamp(wanted, wanted.saturating_mul(4))
+    }
+
+    /// Learns from a read that returned every row it asked for: `read` rows, `in_flight`
+    /// of them (at most) in flight, `usable` the plan could take.
+    pub(crate) fn candidates_used(&self, read: usize, in_flight: usize, usable: usize) {
+        let per = match usable {
+            0 => 2_000,
+            n => (read.saturating_sub(in_flight).max(1).saturating_mul(1_000) / n).clamp(1_000, 4_000),
+        };
+        self.read_per_usable.store(per, Ordering::Relaxed);
     }
 
     fn ttl_millis(&self) -> i64 {
@@ -199,6 +227,24 @@ mod tests {
         let spread: std::collections::HashSet<i32> =
             (0..10_000).map(|k| partition_of(&format!("key-{k}"), 256)).collect();
         assert_eq!(spread.len(), 256, "10,000 keys cover every partition");
+    }
+
+    #[test]
+    fn a_keyed_claim_reads_what_the_last_full_read_needed_and_a_quarter_more() {
+        let tables = LeaseTables { leases: "l".into(), relays: "r".into() };
+        let own = Ownership::new(256, Duration::from_secs(10), tables);
+        assert_eq!(own.candidate_rows(1_000, 900), 3_800, "before a full read: twice the batch past those in flight");
+        // Many keys: every row past those in flight a free head.
+        own.candidates_used(3_800, 900, 2_900);
+        assert_eq!(own.candidate_rows(1_000, 900), 2_150);
+        // Fewer keys: half the rows past those in flight are of keys in flight.
+        own.candidates_used(2_150, 900, 625);
+        assert_eq!(own.candidate_rows(1_000, 900), 900 + 2_500);
+        // Hardly anything free: at most 4 × the batch and those in flight.
+        own.candidates_used(10_000, 0, 100);
+        assert_eq!(own.candidate_rows(1_000, 0), 4_000);
+        own.candidates_used(4_000, 1_000, 0);
+        assert_eq!(own.candidate_rows(1_000, 1_000), 3_500, "nothing free: two rows read per row");
     }
 
     #[test]
