@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outbox_core::consumer::HandlerError;
 use outbox_sea_orm::inbox::{Inbox, InboxConfig, InboxError, InboxFuture, Processed, migrate_inbox};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, Statement};
 
@@ -123,6 +124,30 @@ async fn failed_handler_records_nothing_and_a_retry_runs(fx: Fixture) {
     assert_eq!(fx.effects_of(&id).await, 1);
 }
 
+/// A handler that rejects a message (no retry will fix it) keeps that verdict through `?` in
+/// a consumer handler: the message is dead-lettered, not redelivered until attempts run out.
+async fn a_handler_s_rejection_stays_a_rejection(fx: Fixture) {
+    let id = new_id();
+    let verdict = |result: Result<Processed<()>, InboxError<HandlerError>>| -> HandlerError {
+        HandlerError::from(result.unwrap_err())
+    };
+    let rejected = fx
+        .inbox
+        .process(&id, |_| Box::pin(async { Err::<(), _>(HandlerError::reject("amount is not a number")) }))
+        .await;
+    let err = verdict(rejected);
+    assert!(!err.is_retryable(), "{err:?}");
+    assert_eq!(err.to_string(), "amount is not a number");
+    let retried =
+        fx.inbox.process(&id, |_| Box::pin(async { Err::<(), _>(HandlerError::retry("lock timeout")) })).await;
+    assert!(verdict(retried).is_retryable());
+    // Any other error of the handler is retryable: the transaction rolled back.
+    let other = fx.inbox.process(&id, |_| Box::pin(async { Err::<(), _>(Refused) })).await;
+    let err = HandlerError::from(other.unwrap_err());
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(!fx.inbox.contains(&id).await.unwrap());
+}
+
 async fn retention_purges_old_ids_in_batches(fx: Fixture) {
     let ids: Vec<String> = (0..4).map(|_| new_id()).collect();
     for id in &ids {
@@ -148,5 +173,6 @@ per_backend!(
     duplicate_is_skipped,
     concurrent_deliveries_have_one_effect,
     failed_handler_records_nothing_and_a_retry_runs,
+    a_handler_s_rejection_stays_a_rejection,
     retention_purges_old_ids_in_batches,
 );

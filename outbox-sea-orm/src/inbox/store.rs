@@ -45,11 +45,15 @@ impl<E> InboxError<E> {
 }
 
 /// A consumer runner retries both kinds: the transaction rolled back, so nothing was done.
-/// Return [`HandlerError::reject`] yourself for a message no retry will fix.
+/// A handler that returned a [`HandlerError`] keeps its verdict: return
+/// [`HandlerError::reject`] from it for a message no retry will fix.
 impl<E: Into<BoxError>> From<InboxError<E>> for HandlerError {
     fn from(err: InboxError<E>) -> Self {
         match err {
-            InboxError::Handler(e) => HandlerError::retry_from(e),
+            InboxError::Handler(e) => match e.into().downcast::<HandlerError>() {
+                Ok(verdict) => *verdict,
+                Err(other) => HandlerError::retry_from(other),
+            },
             InboxError::Store(e) => HandlerError::retry_from(e),
         }
     }
