@@ -1,9 +1,10 @@
 //! Claims of keyed messages from the partitions a store holds.
 //!
 //! No other relay claims from those partitions, so a key's first pending rows are its first
-//! rows among the first pending rows of its partition. A claim reads those few rows per
-//! partition (an index range each) and plans a **run** per key: its first rows, in `seq`
-//! order, up to the first one not claimable now. Keys in flight in this store, or whose
+//! rows among the first pending rows of its partition, or of all the held partitions. A claim
+//! reads those rows ([`Read`]: oldest first when the store holds every partition, else a few
+//! per partition) and plans a **run** per key: its first rows, in `seq` order, up to the
+//! first one not claimable now. Keys in flight in this store, or whose
 //! head is backing off or too young, get none. It claims the runs in one statement, which
 //! checks each row's lease and partition, and what the candidates cannot show: that no dead
 //! row comes earlier in its key (nor, while a writer from before partitions leaves rows
