@@ -13,7 +13,7 @@ use crate::held::HeldClaims;
 use crate::schema::MESSAGE_COLUMNS;
 use crate::sql::{Dialect, Query};
 
-/// ([`ClaimMode::Transaction`]); smaller ones take a lease.
+/// ([`ClaimMode::Transaction`](crate::ClaimMode::Transaction)); smaller ones take a lease.
 #[cfg(feature = "postgres")]
 const HOLD_FROM_IDS: usize = 32;
 
@@ -69,7 +69,7 @@ impl SqlStore {
     }
 
     /// A sweep of rows without a partition: the window first, the whole backlog when that
-    /// came back short and the last full sweep is [`FULL_SWEEP_EVERY`] ago.
+    /// came back short and the last full sweep is [`FULL_SWEEP_EVERY`](super::FULL_SWEEP_EVERY) ago.
     pub(crate) async fn sweep_unpartitioned(
         &self,
         created_before: UnixMillis,

@@ -14,7 +14,7 @@
 //! - [`claim`]: sweeps and claims, leased (every backend) or held in a transaction (Postgres,
 //!   [`crate::held`]); keyed claims from held partitions are in [`crate::partition`];
 //! - [`settle`]: `complete` and `fail` statements;
-//! - [`relay`] and [`admin`]: the [`OutboxStore`] and [`OutboxAdmin`] implementations.
+//! - [`relay`] and [`admin`]: the [`OutboxStore`](outbox_core::OutboxStore) and [`OutboxAdmin`](outbox_core::OutboxAdmin) implementations.
 //!
 //! [`OutboxAdmin`]: outbox_core::OutboxAdmin
 
@@ -44,7 +44,7 @@ use crate::partition::{LeaseTables, Ownership};
 use crate::schema::MAX_ERROR_LEN;
 use crate::sql::{Dialect, Query};
 
-/// An [`OutboxStore`] on a SeaORM connection: Postgres, MySQL/MariaDB ≥ 10.6 or SQLite.
+/// An [`OutboxStore`](outbox_core::OutboxStore) on a SeaORM connection: Postgres, MySQL/MariaDB ≥ 10.6 or SQLite.
 ///
 /// The write side is [`SqlStore::enqueue_in`] (inside your transaction) and
 /// [`SqlStore::transaction`] (your work, the enqueue, commit, then notify).
@@ -215,7 +215,7 @@ impl SqlStore {
         ClaimMode::Lease
     }
 
-    /// Calls `notifier` after each commit that enqueued messages ([`OutboxStore::enqueue`] and
+    /// Calls `notifier` after each commit that enqueued messages ([`OutboxStore::enqueue`](outbox_core::OutboxStore::enqueue) and
     /// [`SqlStore::transaction`]), e.g. a [`ChannelNotifier`](outbox_core::ChannelNotifier)
     /// shared with an in-process relay.
     pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
