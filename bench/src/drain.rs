@@ -183,22 +183,29 @@ pub(crate) async fn relay_drain(env: &Env, d: Drain, deadline: Duration) -> Drai
         let config = table.store.config().clone().key_partitions(d.partitions);
         table.store = SqlStore::new(table.db.clone(), config).expect("store");
     }
-    table.prefill(d.n, "drain", d.keys).await;
+    // With key partitions, the relays take their shares first and the backlog commits after
+    // (one statement): the drain times relays that have settled, as in a running service,
+    // not their start-up (a relay holding more than its share gives it up at its next
+    // renewal, a third of the lease TTL later, longer than a drain).
+    let settle_first = d.partitions > 0;
+    if !settle_first {
+        table.prefill(d.n, "drain", d.keys).await;
+    }
     let (bus, sink) = Sink::new(env, d.broker).await;
     let fallback = FallbackConfig::default()
         .interval(Duration::from_millis(20))
         .min_age(Duration::ZERO)
         .batch_size(d.batch)
         .concurrency(d.concurrency);
-    let cpu0 = env.cpu().await;
-    let start = Instant::now();
     // A store per relay, as in separate processes: each holds its own share of the key
     // partitions.
     let phases = Arc::new(crate::phases::Phases::default());
     let probing = env.phases;
+    let mut owners = Vec::new();
     let handles: Vec<_> = (0..d.relays)
         .map(|_| {
             let store = SqlStore::new(table.db.clone(), table.store.config().clone()).expect("store");
+            owners.extend(store.partition_owner());
             let (store, bus): (Arc<dyn OutboxStore>, Arc<dyn Bus>) = if probing {
                 (
                     Arc::new(crate::phases::TimedStore { inner: store, phases: phases.clone() }),
@@ -210,6 +217,19 @@ pub(crate) async fn relay_drain(env: &Env, d: Drain, deadline: Duration) -> Drai
             Relay::builder(store, bus).without_listener().fallback(fallback.clone()).build().expect("relay").spawn()
         })
         .collect();
+    if settle_first {
+        let share = usize::from(d.partitions) / d.relays;
+        crate::keys::until(env, &table.name, |o| {
+            o.len() == usize::from(d.partitions)
+                && owners.iter().all(|id| crate::keys::held_by(o, *id) >= share)
+                && o.values().all(|holder| holder.is_some_and(|h| owners.contains(&h)))
+        })
+        .await;
+        phases.reset();
+        table.prefill(d.n, "drain", d.keys).await;
+    }
+    let cpu0 = env.cpu().await;
+    let start = Instant::now();
     let drained = table.wait_drained(deadline).await;
     let elapsed = start.elapsed();
     let cpu = cpu0.until(&env.cpu().await);

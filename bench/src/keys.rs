@@ -79,7 +79,7 @@ pub(crate) async fn run(env: &Env, report: &mut Report, plan: &Plan) {
 }
 
 /// Partition → owner, from the lease table.
-async fn owners(env: &Env, table: &str) -> HashMap<i32, Option<Uuid>> {
+pub(crate) async fn owners(env: &Env, table: &str) -> HashMap<i32, Option<Uuid>> {
     let sql = format!("SELECT partition_no, owner FROM \"{table}_partitions\" WHERE lease_until > {}", now_ms());
     let rows = env.db.query_all_raw(stmt(sql)).await.expect("owners");
     rows.iter()
@@ -94,7 +94,7 @@ fn now_ms() -> i64 {
 }
 
 /// Polls until `done` holds for the lease table (every 20 ms), or 60 s; the time it took.
-async fn until(env: &Env, table: &str, done: impl Fn(&HashMap<i32, Option<Uuid>>) -> bool) -> Duration {
+pub(crate) async fn until(env: &Env, table: &str, done: impl Fn(&HashMap<i32, Option<Uuid>>) -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         if done(&owners(env, table).await) {
@@ -105,7 +105,7 @@ async fn until(env: &Env, table: &str, done: impl Fn(&HashMap<i32, Option<Uuid>>
     panic!("partitions did not settle within 60 s");
 }
 
-fn held_by(owners: &HashMap<i32, Option<Uuid>>, owner: Uuid) -> usize {
+pub(crate) fn held_by(owners: &HashMap<i32, Option<Uuid>>, owner: Uuid) -> usize {
     owners.values().filter(|o| **o == Some(owner)).count()
 }
 

@@ -24,6 +24,22 @@ pub(crate) struct Phases {
 }
 
 impl Phases {
+    /// Forgets what was counted so far (claims before the backlog).
+    pub(crate) fn reset(&self) {
+        for counter in [
+            &self.claim_ns,
+            &self.claims,
+            &self.empty_claims,
+            &self.claimed,
+            &self.publish_ns,
+            &self.publishes,
+            &self.settle_ns,
+            &self.settles,
+        ] {
+            counter.store(0, Relaxed);
+        }
+    }
+
     /// One line: calls, mean batch, and mean and total time of each phase.
     pub(crate) fn print(&self, label: &str, wall: Duration) {
         let ms = |a: &AtomicU64| a.load(Relaxed) as f64 / 1e6;
