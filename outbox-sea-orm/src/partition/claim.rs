@@ -126,11 +126,16 @@ impl SqlStore {
     ) -> Vec<Query> {
         // The columns the `ready` flag is computed from, once per statement.
         let columns = "seq, msg_key, partition_no, available_at, claimed_until, attempts, created_at";
-        let probe = format!(
-            "SELECT {columns} FROM (SELECT {columns} FROM {} \
-             WHERE partition_no IS NULL AND status = 0 ORDER BY seq LIMIT 1) unpartitioned",
-            self.table
-        );
+        // `SELECT <columns>` of the first `limit` pending rows that `filter` selects.
+        let first_pending = |q: &mut Query, filter: &dyn Fn(&mut Query), limit: usize, alias: &str| {
+            q.push("SELECT ").push(columns).push(" FROM (SELECT ").push(columns).push(" FROM ");
+            q.push(&self.table).push(" WHERE ");
+            filter(q);
+            q.push(" AND status = 0 ORDER BY seq LIMIT ").bind(limit_value(limit)).push(") ").push(alias);
+        };
+        let probe = |q: &mut Query| {
+            first_pending(q, &|q| _ = q.push("partition_no IS NULL"), 1, "unpartitioned");
+        };
         // Claimable now, as the claim will check it (the age rule of a sweep included).
         let select_ready = |q: &mut Query| {
             q.push("SELECT seq, msg_key, partition_no, CASE WHEN ");
@@ -143,21 +148,14 @@ impl SqlStore {
             (Read::Oldest(rows), _) => {
                 let mut q = Query::new(self.dialect);
                 select_ready(&mut q);
-                q.push(&probe)
-                    .push(" UNION ALL SELECT ")
-                    .push(columns)
-                    .push(" FROM (SELECT ")
-                    .push(columns)
-                    .push(" FROM ")
-                    .push(&self.table)
-                    .push(" WHERE status = 0 AND partition_no IS NOT NULL ORDER BY seq LIMIT ")
-                    .bind(limit_value(rows))
-                    .push(") held) candidates");
+                probe(&mut q);
+                q.push(" UNION ALL ");
+                first_pending(&mut q, &|q| _ = q.push("partition_no IS NOT NULL"), rows, "held");
+                q.push(") candidates");
                 vec![q]
             }
             #[cfg(feature = "postgres")]
             (Read::EachPartition(per), Dialect::Postgres) => {
-                let per = limit_value(per);
                 let mut q = Query::new(self.dialect);
                 select_ready(&mut q);
                 q.push("SELECT x.* FROM unnest(")
@@ -167,10 +165,10 @@ impl SqlStore {
                     .push(" FROM ")
                     .push(&self.table)
                     .push(" w WHERE w.partition_no = o.p AND w.status = 0 ORDER BY w.seq LIMIT ")
-                    .bind(per)
-                    .push(") x UNION ALL ")
-                    .push(&probe)
-                    .push(") candidates");
+                    .bind(limit_value(per))
+                    .push(") x UNION ALL ");
+                probe(&mut q);
+                q.push(") candidates");
                 vec![q]
             }
             (Read::EachPartition(per), _) => partitions
@@ -180,24 +178,13 @@ impl SqlStore {
                     let mut q = Query::new(self.dialect);
                     select_ready(&mut q);
                     if n == 0 {
-                        q.push(&probe);
+                        probe(&mut q);
                     }
-                    for (i, p) in chunk.iter().enumerate() {
+                    for (i, &p) in chunk.iter().enumerate() {
                         if i > 0 || n == 0 {
                             q.push(" UNION ALL ");
                         }
-                        q.push("SELECT ")
-                            .push(columns)
-                            .push(" FROM (SELECT ")
-                            .push(columns)
-                            .push(" FROM ")
-                            .push(&self.table)
-                            .push(" WHERE partition_no = ")
-                            .bind(*p)
-                            .push(" AND status = 0 ORDER BY seq LIMIT ")
-                            .bind(limit_value(per))
-                            .push(") p")
-                            .push(&i.to_string());
+                        first_pending(&mut q, &|q| _ = q.push("partition_no = ").bind(p), per, &format!("p{i}"));
                     }
                     q.push(") candidates");
                     q

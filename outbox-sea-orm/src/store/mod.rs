@@ -14,8 +14,9 @@
 //! - [`claim`]: sweeps and claims, leased (every backend) or held in a transaction (Postgres,
 //!   [`crate::held`]); keyed claims from held partitions are in [`crate::partition`];
 //! - [`settle`]: `complete` and `fail` statements;
-//! - [`relay`] and [`admin`]: the [`OutboxStore`](outbox_core::OutboxStore) and [`OutboxAdmin`](outbox_core::OutboxAdmin) implementations.
+//! - [`relay`] and [`admin`]: the [`OutboxStore`] and [`OutboxAdmin`] implementations.
 //!
+//! [`OutboxStore`]: outbox_core::OutboxStore
 //! [`OutboxAdmin`]: outbox_core::OutboxAdmin
 
 mod admin;
@@ -215,9 +216,11 @@ impl SqlStore {
         ClaimMode::Lease
     }
 
-    /// Calls `notifier` after each commit that enqueued messages ([`OutboxStore::enqueue`](outbox_core::OutboxStore::enqueue) and
+    /// Calls `notifier` after each commit that enqueued messages ([`OutboxStore::enqueue`] and
     /// [`SqlStore::transaction`]), e.g. a [`ChannelNotifier`](outbox_core::ChannelNotifier)
     /// shared with an in-process relay.
+    ///
+    /// [`OutboxStore::enqueue`]: outbox_core::OutboxStore::enqueue
     pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
         self.notifier = Some(notifier);
         self
